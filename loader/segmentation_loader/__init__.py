@@ -1,0 +1,3 @@
+"""Client-side loader for Unified Segmentation: installs the system into a database."""
+
+from segmentation import __version__ as __version__

@@ -1,0 +1,49 @@
+"""Table migrations with yoyo-migrations; its bookkeeping tables live in the
+``segmentation`` schema next to the tables they describe."""
+
+from __future__ import annotations
+
+from urllib.parse import urlencode
+
+from psycopg.conninfo import conninfo_to_dict
+from yoyo import get_backend, read_migrations
+
+from segmentation_loader.resources import migrations_dir
+
+SCHEMA = "segmentation"
+
+
+def yoyo_url(dsn: str) -> str:
+    """A yoyo URL for a libpq DSN (URL or key=value); every libpq parameter is
+    passed through as a query argument, so sockets and options keep working."""
+    params = {k: str(v) for k, v in conninfo_to_dict(dsn).items() if v is not None}
+    dbname = params.pop("dbname", "")
+    params["schema"] = SCHEMA
+    return f"postgresql+psycopg:///{dbname}?{urlencode(params)}"
+
+
+def apply(dsn: str) -> list[str]:
+    """Apply pending migrations under yoyo's lock; return their ids."""
+    backend = get_backend(yoyo_url(dsn))
+    migrations = read_migrations(str(migrations_dir()))
+    with backend.lock():
+        pending = backend.to_apply(migrations)
+        backend.apply_migrations(pending)
+    return [m.id for m in pending]
+
+
+def rollback_latest(dsn: str) -> list[str]:
+    """Roll back the most recently applied migration; return its id."""
+    backend = get_backend(yoyo_url(dsn))
+    migrations = read_migrations(str(migrations_dir()))
+    with backend.lock():
+        applied = backend.to_rollback(migrations)
+        latest = applied[:1]
+        backend.rollback_migrations(latest)
+    return [m.id for m in latest]
+
+
+def applied(dsn: str) -> list[str]:
+    backend = get_backend(yoyo_url(dsn))
+    migrations = read_migrations(str(migrations_dir()))
+    return [m.id for m in migrations if backend.is_applied(m)]

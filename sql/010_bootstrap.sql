@@ -1,0 +1,66 @@
+-- Loads the server-side Python library into the session (GD) once.
+-- Every PL/Python function starts with:
+--   if GD.get("segmentation.version") != "@VERSION@": plpy.execute("SELECT segmentation._python_bootstrap()")
+-- so the import cost is paid once per backend, and a session that loaded an
+-- older version fails cleanly instead of mixing two versions.
+CREATE OR REPLACE FUNCTION segmentation._python_bootstrap() RETURNS text
+LANGUAGE plpython3u VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+version = "@VERSION@"
+loaded = GD.get("segmentation.version")
+if loaded == version:
+    return version
+if loaded is not None:
+    plpy.error(
+        "segmentation was upgraded from %s to %s while this session was open" % (loaded, version),
+        hint="Reconnect: a session never mixes two versions of the library.",
+        sqlstate="SG010",
+    )
+import os
+import sys
+
+row = plpy.execute(
+    "SELECT coalesce(nullif(pg_catalog.current_setting('segmentation.python_lib_dir', true), ''),"
+    " '/usr/local/lib/segmentation') AS base"
+)[0]
+lib_dir = os.path.join(row["base"], version)
+if not os.path.isfile(os.path.join(lib_dir, "segmentation", "__init__.py")):
+    plpy.error(
+        "the server-side library for segmentation %s is missing" % version,
+        detail="expected it in %s" % lib_dir,
+        hint="Run 'segmentation install' on the database host, or set "
+             "segmentation.python_lib_dir to the directory that holds %s/." % version,
+        sqlstate="SG011",
+    )
+# Our directory first; user and system site-packages removed so a stray numpy
+# or scikit-learn on the host can never shadow the pinned ones.
+sys.path[:] = [lib_dir] + [
+    p for p in sys.path
+    if p != lib_dir and "site-packages" not in p and "dist-packages" not in p
+]
+for name in ("numpy", "scipy", "sklearn", "segmentation"):
+    mod = sys.modules.get(name)
+    if mod is not None and not str(getattr(mod, "__file__", "")).startswith(lib_dir):
+        plpy.error(
+            "%s was already imported from %s in this session" % (name, getattr(mod, "__file__", "?")),
+            hint="Reconnect; do not import %s from other PL/Python functions before segmentation." % name,
+            sqlstate="SG011",
+        )
+import segmentation
+if segmentation.__version__ != version:
+    plpy.error(
+        "server-side library version %s does not match the installed SQL %s"
+        % (segmentation.__version__, version),
+        detail="library directory: %s" % lib_dir,
+        hint="Run 'segmentation install' again so the library and SQL match.",
+        sqlstate="SG010",
+    )
+from segmentation import sql_api
+GD["segmentation.api"] = sql_api
+GD["segmentation.lib_dir"] = lib_dir
+GD["segmentation.version"] = version
+return version
+$$;
+COMMENT ON FUNCTION segmentation._python_bootstrap() IS
+    'Internal: loads the pinned server-side Python library into this session.';
