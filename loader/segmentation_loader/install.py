@@ -11,8 +11,8 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
-
 from segmentation import __version__
+
 from segmentation_loader import library, migrate
 from segmentation_loader.errors import LoaderError
 from segmentation_loader.resources import sql_dir
@@ -127,12 +127,11 @@ def install(dsn: str, *, lib_base: Path | None = None, provision_library: bool =
     for mid in applied:
         log(f"applied migration {mid}")
     files = []
-    with connect(dsn) as conn:
-        with conn.transaction():
-            _ensure_roles(conn, log)
-            for path in sql_files():
-                conn.execute(render(path).encode())
-                files.append(path.name)
+    with connect(dsn) as conn, conn.transaction():
+        _ensure_roles(conn, log)
+        for path in sql_files():
+            conn.execute(render(path).encode())
+            files.append(path.name)
     log(f"installed segmentation {__version__} ({len(files)} SQL files)")
     return InstallReport(__version__, str(lib_dir) if lib_dir else None, applied, files, pyver)
 
@@ -181,8 +180,8 @@ def uninstall(dsn: str, *, drop_data: bool = False, log: Log = _quiet) -> None:
             log("dropped schema segmentation with all data")
             return
         for kind, objs in (
-            ("MATERIALIZED VIEW", "SELECT c.oid::regclass::text FROM pg_class c JOIN pg_namespace n "
-                                  "ON n.oid = c.relnamespace WHERE n.nspname = 'segmentation' "
+            ("MATERIALIZED VIEW", "SELECT c.oid::regclass::text FROM pg_class c "
+                                  "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'segmentation' "
                                   "AND c.relkind = 'm'"),
             ("VIEW", "SELECT c.oid::regclass::text FROM pg_class c JOIN pg_namespace n "
                      "ON n.oid = c.relnamespace WHERE n.nspname = 'segmentation' "
@@ -195,7 +194,8 @@ def uninstall(dsn: str, *, drop_data: bool = False, log: Log = _quiet) -> None:
                      "WHERE c.oid = t.typrelid AND c.relkind <> 'c')"),
         ):
             for (name,) in conn.execute(objs).fetchall():
-                conn.execute(f"DROP {kind} IF EXISTS {name} CASCADE")  # names from regclass/regprocedure
+                # names come from regclass/regprocedure/regtype output: already quoted
+                conn.execute(f"DROP {kind} IF EXISTS {name} CASCADE")
         log("removed segmentation functions and views; tables and data kept")
 
 

@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 from segmentation import __version__
+
 from segmentation_loader.errors import LoaderError
 from segmentation_loader.resources import server_package_dir, server_requirements
 

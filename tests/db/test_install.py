@@ -1,0 +1,160 @@
+"""Foundation: the loader installs a working system into a real server."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import psycopg
+import pytest
+from segmentation import __version__
+from segmentation_loader import install
+
+from tests.conftest import LIB_DIR, server_dsn
+
+pytestmark = pytest.mark.db
+
+
+def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "segmentation_loader.cli", *args],
+                          capture_output=True, text=True, check=False, env=env)
+
+
+def _schema_dump(dsn: str) -> str:
+    out = subprocess.run(["pg_dump", "--schema-only", "--schema=segmentation", "-d", dsn],
+                         capture_output=True, text=True, check=True).stdout
+    # \restrict lines carry a random key per dump.
+    return "\n".join(line for line in out.splitlines()
+                     if not line.startswith(("-- Dumped", "\\restrict", "\\unrestrict")))
+
+
+def test_health_reports_runtime_versions(conn: psycopg.Connection) -> None:
+    health = conn.execute("SELECT segmentation.health()").fetchone()[0]
+    assert health["status"] == "healthy"
+    assert health["version"] == __version__
+    runtime = health["components"]["python_runtime"]
+    assert runtime["numpy"].startswith("2.")
+    assert runtime["scikit_learn"] == "1.9.1"
+    assert runtime["lib_dir"] == str(LIB_DIR / __version__)
+    probes = conn.execute("SELECT segmentation.ready(), segmentation.live()").fetchone()
+    assert probes == (True, True)
+
+
+def test_server_python_is_isolated_from_site_packages(conn: psycopg.Connection) -> None:
+    conn.execute("SELECT segmentation.python_runtime()")
+    notices: list[str] = []
+    conn.add_notice_handler(lambda d: notices.append(d.message_primary or ""))
+    conn.execute("DO LANGUAGE plpython3u $$ import sys, numpy; "
+                 "plpy.notice(repr((sys.path, numpy.__file__))) $$")
+    sys_path, numpy_file = eval(notices[-1])  # a repr we produced ourselves
+    assert sys_path[0] == str(LIB_DIR / __version__)
+    assert not any("site-packages" in p or "dist-packages" in p for p in sys_path)
+    assert numpy_file.startswith(str(LIB_DIR / __version__))
+
+
+def test_install_twice_changes_nothing(dsn: str, conn: psycopg.Connection) -> None:
+    conn.execute("INSERT INTO segmentation.player_activity "
+                 "VALUES ('g', 'p1', '2026-01-01', '{\"sessions\": 2}')")
+    before = _schema_dump(dsn)
+    install.install(dsn, lib_base=LIB_DIR)
+    after = _schema_dump(dsn)
+    assert before == after
+    assert conn.execute("SELECT count(*) FROM segmentation.player_activity").fetchone()[0] == 1
+
+
+def test_fresh_install_via_cli_then_status(bare_dsn: str) -> None:
+    result = _cli("status", "--dsn", bare_dsn)
+    assert result.returncode != 0
+    assert "not installed" in result.stderr
+    assert "Traceback" not in result.stderr
+
+    result = _cli("install", "--dsn", bare_dsn, "--lib-dir", str(LIB_DIR))
+    assert result.returncode == 0, result.stderr
+    result = _cli("status", "--dsn", bare_dsn)
+    assert result.returncode == 0, result.stderr
+    status = json.loads(result.stdout)
+    assert status["sql_version"] == __version__
+    assert status["migrations"] == ["0001_initial"]
+    assert status["python_runtime"]["scikit_learn"] == "1.9.1"
+
+
+def test_missing_library_reports_unhealthy(conn: psycopg.Connection) -> None:
+    conn.execute("SET segmentation.python_lib_dir = '/nonexistent/segmentation'")
+    health = conn.execute("SELECT segmentation.health()").fetchone()[0]
+    assert health["status"] == "unhealthy"
+    runtime = health["components"]["python_runtime"]
+    assert "missing" in runtime["error"]
+    assert runtime["sqlstate"] == "SG011"
+    assert conn.execute("SELECT segmentation.ready()").fetchone()[0] is False
+
+
+def test_version_mismatch_in_open_session_fails_cleanly(conn: psycopg.Connection) -> None:
+    conn.execute("SELECT segmentation.python_runtime()")
+    # Simulate an upgrade while this session keeps the old library loaded.
+    conn.execute("DO LANGUAGE plpython3u $$ GD['segmentation.version'] = '0.0.1' $$")
+    with pytest.raises(psycopg.Error) as err:
+        conn.execute("SELECT segmentation.python_runtime()")
+    assert err.value.sqlstate == "SG010"
+    assert "Reconnect" in (err.value.diag.message_hint or "")
+
+
+def test_settings_view_and_validation(dsn: str, conn: psycopg.Connection) -> None:
+    dbname = conn.info.dbname
+    conn.execute(f'ALTER DATABASE "{dbname}" SET segmentation.min_player_population = 1000')
+    with psycopg.connect(dsn, autocommit=True) as c2:
+        row = c2.execute("SELECT setting, source, is_valid FROM segmentation.settings "
+                         "WHERE name = 'segmentation.min_player_population'").fetchone()
+        assert row == ("1000", "database", True)
+        assert c2.execute("SELECT segmentation.setting_value("
+                          "'segmentation.min_player_population')").fetchone()[0] == 1000
+        c2.execute("SET segmentation.variance_explained_threshold = 1.5")
+        row = c2.execute("SELECT source, is_valid FROM segmentation.settings "
+                         "WHERE name = 'segmentation.variance_explained_threshold'").fetchone()
+        assert row == ("session or configuration file", False)
+        with pytest.raises(psycopg.Error) as err:
+            c2.execute("SELECT segmentation.setting_value("
+                       "'segmentation.variance_explained_threshold')")
+        assert err.value.sqlstate == "SG020"
+        assert err.value.diag.message_hint
+
+
+def test_defaults_match_the_deployment_guide(conn: psycopg.Connection) -> None:
+    rows = dict(conn.execute("SELECT name, setting FROM segmentation.settings").fetchall())
+    assert rows["segmentation.min_player_population"] == "500"
+    assert rows["segmentation.variance_explained_threshold"] == "0.70"
+    assert rows["segmentation.default_lookback_days"] == "90"
+    assert rows["segmentation.ai_optimized_segment_count"] == "7"
+    assert rows["segmentation.max_concurrent_categorizations"] == "100"
+    assert rows["segmentation.cache_ttl_seconds"] == "300"
+
+
+def test_every_table_and_column_has_a_comment(conn: psycopg.Connection) -> None:
+    missing = conn.execute("""
+        SELECT c.relname || coalesce('.' || a.attname, '')
+          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+          LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+         WHERE n.nspname = 'segmentation' AND c.relkind IN ('r', 'v', 'm')
+           AND c.relname NOT LIKE '\\_yoyo%' AND c.relname <> 'yoyo_lock'
+           AND ((a.attname IS NULL AND obj_description(c.oid, 'pg_class') IS NULL)
+                OR (a.attname IS NOT NULL AND col_description(c.oid, a.attnum) IS NULL))
+    """).fetchall()
+    assert missing == []
+
+
+def test_uninstall_keeps_data_unless_asked(dsn: str, conn: psycopg.Connection) -> None:
+    conn.execute("INSERT INTO segmentation.player_activity VALUES ('g', 'p1', '2026-01-01', '{}')")
+    install.uninstall(dsn)
+    assert conn.execute("SELECT count(*) FROM pg_proc WHERE pronamespace = "
+                        "'segmentation'::regnamespace").fetchone()[0] == 0
+    assert conn.execute("SELECT count(*) FROM segmentation.player_activity").fetchone()[0] == 1
+    install.install(dsn, lib_base=LIB_DIR)
+    assert conn.execute("SELECT segmentation.version()").fetchone()[0] == __version__
+    install.uninstall(dsn, drop_data=True)
+    assert conn.execute("SELECT to_regnamespace('segmentation')").fetchone()[0] is None
+
+
+def test_status_without_server_says_what_to_do() -> None:
+    result = _cli("status", "--dsn", server_dsn("postgres", port=1))
+    assert result.returncode == 1
+    assert "cannot connect" in result.stderr and "hint:" in result.stderr
