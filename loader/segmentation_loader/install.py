@@ -181,8 +181,8 @@ def uninstall(dsn: str, *, drop_data: bool = False, log: Log = _quiet) -> None:
             return
         for kind, objs in (
             ("MATERIALIZED VIEW", "SELECT c.oid::regclass::text FROM pg_class c "
-                                  "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'segmentation' "
-                                  "AND c.relkind = 'm'"),
+                                  "JOIN pg_namespace n ON n.oid = c.relnamespace "
+                                  "WHERE n.nspname = 'segmentation' AND c.relkind = 'm'"),
             ("VIEW", "SELECT c.oid::regclass::text FROM pg_class c JOIN pg_namespace n "
                      "ON n.oid = c.relnamespace WHERE n.nspname = 'segmentation' "
                      "AND c.relkind = 'v'"),
