@@ -6,9 +6,6 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-# The loader's venv uses the system Python: the server-side wheels it installs
-# must match the Python embedded in PostgreSQL (/usr/bin/python3.11 on Debian 12).
-SYSTEM_PYTHON ?= /usr/bin/python3
 VENV          ?= .venv
 PY            := $(VENV)/bin/python
 SEG_PGPORT    ?= 55432
@@ -33,13 +30,8 @@ help:
 deps:
 	@bash scripts/install-system-deps.sh
 
-$(VENV)/.installed: pyproject.toml
-	@test -x $(PY) || $(SYSTEM_PYTHON) -m venv $(VENV)
-	@$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
-	@$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
-	@touch $@
-
-venv: deps $(VENV)/.installed
+venv:
+	@bash scripts/install-server.sh --venv $(VENV) --lib-dir $(SEG_LIB_DIR)
 
 cluster: deps
 	@if [ -z "$$DATABASE_URL" ]; then bash scripts/pg-cluster.sh start; fi

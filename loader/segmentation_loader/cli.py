@@ -27,6 +27,15 @@ def _cmd_install(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_provision_library(args: argparse.Namespace) -> int:
+    from segmentation_loader import library
+
+    target = library.provision(Path(args.lib_dir) if args.lib_dir else library.DEFAULT_BASE,
+                               log=print)
+    print(f"server-side library ready in {target}")
+    return 0
+
+
 def _cmd_status(args: argparse.Namespace) -> int:
     print(installer.dumps(installer.status(_dsn(args))))
     return 0
@@ -60,6 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-library", action="store_true",
                    help="do not provision the server-side library (it is provisioned already)")
     p.set_defaults(func=_cmd_install)
+
+    p = sub.add_parser("provision-library",
+                       help="install the pinned server-side Python library (no database needed)")
+    p.add_argument("--lib-dir", help="base directory (default /usr/local/lib/segmentation)")
+    p.set_defaults(func=_cmd_provision_library)
 
     p = sub.add_parser("status", help="installed version, migrations, runtime, taxonomies")
     p.set_defaults(func=_cmd_status)

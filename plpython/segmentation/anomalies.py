@@ -73,9 +73,7 @@ class AnomalyModel:
     calibration_rate: float = 0.0
     robust_c: float = ROBUST_C
 
-    def classify(
-        self, residual: np.ndarray, outlier: np.ndarray
-    ) -> AnomalyScores:
+    def classify(self, residual: np.ndarray, outlier: np.ndarray) -> AnomalyScores:
         """Normalise raw scores (n,) against the thresholds (see module docstring)."""
         residual = np.asarray(residual, dtype=np.float64)
         outlier = np.asarray(outlier, dtype=np.float64)

@@ -34,7 +34,8 @@ class MembershipModel:
             prec_chol[j] = solve_triangular(chol, np.eye(d), lower=True).T
         self.precision_cholesky = prec_chol
         # (d, k*d): column block j is P_j.
-        self.stacked_precision = np.ascontiguousarray(prec_chol.transpose(1, 0, 2).reshape(d, k * d))
+        stacked = prec_chol.transpose(1, 0, 2).reshape(d, k * d)
+        self.stacked_precision = np.ascontiguousarray(stacked)
         self.stacked_offset = np.einsum("jd,jde->je", segments.means, prec_chol).reshape(k * d)
         log_det = np.log(np.diagonal(prec_chol, axis1=1, axis2=2)).sum(axis=1)
         with np.errstate(divide="ignore"):

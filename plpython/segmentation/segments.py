@@ -161,7 +161,7 @@ def fit_segments(
     S = np.asarray(S, dtype=np.float64)
     if S.ndim != 2:
         raise ValueError(f"S must be (n, d), got shape {S.shape}")
-    n, d = S.shape
+    n = S.shape[0]
     if n_segments < 0:
         raise ValueError("n_segments must be >= 0")
     if n_segments == 0:
