@@ -133,7 +133,8 @@ class Preparation:
             X = np.where(finite, X, self.impute)
         np.clip(X, self.clip[:, 0], self.clip[:, 1], out=X)
         if self.log_transform.any():
-            X[:, self.log_transform] = np.log1p(X[:, self.log_transform])
+            m = self.log_transform
+            X[:, m] = np.log1p(X[:, m])
         X -= self.center
         X /= self.scale
         return X, n_non_finite
@@ -146,8 +147,8 @@ class Preparation:
         """
         T = np.asarray(Z, dtype=np.float64) * self.scale + self.center
         if self.log_transform.any():
-            T = T.copy()
-            T[..., self.log_transform] = np.expm1(T[..., self.log_transform])
+            m = self.log_transform
+            T[..., m] = np.expm1(T[..., m])
         return T
 
     def to_dict(self) -> dict[str, Any]:
