@@ -1,33 +1,41 @@
 """Anomaly scoring: off-axis residuals and segment outliers, thresholds frozen at calibration.
 
-Two raw scores per player, both squared distances in z-units:
+Two scores per player:
 
-* ``residual`` - ``||z - z B B^T||^2``, how far the player's feature *combination* lies off
-  the behaviour axes (breaks the population's correlation structure: e.g. 24h of play a day
-  with zero social activity);
+* ``residual`` (off-axis) - how far the player's feature *combination* lies off the
+  behaviour axes, i.e. breaks the correlation structure (24 h of play a day with thousands
+  of sessions, heavy buying with no play). With ``r = z - z B B^T`` the off-axis part of
+  the standardised row and ``j`` the player's primary segment, the score is
+  ``||r - rho_j||^2 / s_j``: distance from the segment's own off-axis centre ``rho_j``
+  (mean ``r`` of its members) in units of its typical off-axis spread ``s_j`` (median of
+  ``||r - rho_j||^2`` over its members) - a shared-basis mixture of probabilistic PCAs.
+  This matters for heterogeneous but legitimate segments: whales vary in price per
+  purchase, which no population axis describes, so a global residual flags the biggest
+  spenders merely for spending. **Only established segments** (weight >= ``2 x
+  contamination``) get their own ``rho_j``/``s_j``; smaller ones use ``rho = 0`` and the
+  population median of ``||r||^2``, so a cluster of anomalies (at most ``contamination``
+  of the players by assumption) cannot make itself normal by owning a segment.
 * ``outlier`` - the smallest squared Mahalanobis distance to any segment in axis space
-  (extreme even for the closest segment).
+  (extreme even for the closest segment), z-units^2.
 
 **Normalisation.** ``score = max(residual / residual_threshold, outlier /
 outlier_threshold)``; ``is_anomaly = score > 1``; ``kind`` is the larger term
 (``"off-axis"`` or ``"outlier"``), ``"none"`` when not anomalous.
 
-**Threshold rule (robust quantile).** For each raw score ``x`` on the calibration
-population: take ``r = sqrt(x)`` (closer to symmetric than the squared distance), its median
-``m`` and MAD-based sigma ``s = 1.4826 * MAD``; points with ``r > m + ROBUST_C * s`` are gross
-outliers. The threshold is the ``(1 - contamination)`` quantile of ``x`` over the remaining
-(bulk) points. So ``contamination`` is the false-alarm rate within the bulk, and a few
-percent of planted anomalies cannot raise the threshold above themselves (plain quantiles
-would let 2% of bots hide behind a 1% quantile); gross outliers are always flagged.
-
-Heavy-tailed but coherent players (whales) are handled upstream: spend is log-transformed
-and the mixture has a component for them, so neither score is large for a whale profile.
+**Threshold rule (robust bulk quantile).** For a score ``x`` on the calibration population
+take ``q = sqrt(x)`` (closer to symmetric), its median ``m`` and MAD sigma ``s``; points
+with ``q > m + ROBUST_C * s`` are gross outliers, the rest is the bulk. Each threshold
+starts as the ``(1 - contamination)`` bulk quantile of its score; both are then multiplied
+by the ``(1 - contamination)`` bulk quantile of the combined score so that the combined
+false-alarm rate within the bulk is ``contamination`` (two separate 1% thresholds would flag
+~2%). Gross outliers are always flagged, and planted anomalies cannot raise the thresholds
+above themselves as a plain quantile would let 2% of bots hide behind a 1% quantile.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -36,10 +44,11 @@ from segmentation.axes import Axes
 from segmentation.membership import MembershipModel
 
 ROBUST_C = 5.0
+ESTABLISHED_FACTOR = 2.0
 _MAD_TO_SIGMA = 1.4826
-# Thresholds are divisors; keep them away from 0 when a score is degenerate (e.g. residual
-# is identically 0 when every principal component is kept).
-_MIN_THRESHOLD = 1e-6
+# Thresholds and scales are divisors; keep them away from 0 when a score is degenerate
+# (e.g. the residual is identically 0 when every principal component is kept).
+_MIN_SCALE = 1e-9
 
 KINDS = ("none", "off-axis", "outlier")
 
@@ -47,8 +56,9 @@ KINDS = ("none", "off-axis", "outlier")
 @dataclass
 class AnomalyScores:
     """Per-row anomaly results, all (n,): ``score`` (normalised, anomalous when > 1),
-    ``is_anomaly`` bool, ``kind`` str in {"off-axis", "outlier", "none"}, and the raw
-    ``residual`` / ``outlier`` squared distances (z-units^2)."""
+    ``is_anomaly`` bool, ``kind`` str in {"off-axis", "outlier", "none"}, ``residual`` (the
+    segment-relative off-axis score, dimensionless: 1 = typical for the segment) and
+    ``outlier`` (min squared Mahalanobis distance, z-units^2)."""
 
     score: np.ndarray
     is_anomaly: np.ndarray
@@ -59,22 +69,42 @@ class AnomalyScores:
 
 @dataclass
 class AnomalyModel:
-    """Frozen anomaly thresholds (z-units^2) plus the calibration statistics behind them.
+    """Frozen anomaly model for k segments over p prepared features.
 
-    ``residual_median``/``outlier_median`` and ``calibration_rate`` (share flagged on the
-    calibration population) are kept for reporting and drift checks.
+    ``segment_offsets`` (k, p) off-axis centres ``rho_j`` (z-units; zero rows for segments
+    that are not established), ``segment_scales`` (k,) off-axis spreads ``s_j`` (z-units^2),
+    thresholds on the residual score (dimensionless) and the outlier score (z-units^2).
+    ``calibration_rate`` is the share flagged on the calibration population.
     """
 
     residual_threshold: float
     outlier_threshold: float
     contamination: float
-    residual_median: float = 0.0
-    outlier_median: float = 0.0
+    segment_offsets: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)), repr=False)
+    segment_scales: np.ndarray = field(default_factory=lambda: np.zeros(0))
     calibration_rate: float = 0.0
     robust_c: float = ROBUST_C
 
+    def __post_init__(self) -> None:
+        self.segment_scales = np.asarray(self.segment_scales, dtype=np.float64).reshape(-1)
+        k = self.segment_scales.shape[0]
+        self.segment_offsets = np.asarray(self.segment_offsets, dtype=np.float64).reshape(k, -1)
+        self.offset_sq = np.einsum("jp,jp->j", self.segment_offsets, self.segment_offsets)
+
+    def residual_scores(self, Z: np.ndarray, primary: np.ndarray, axes: Axes) -> np.ndarray:
+        """Segment-relative off-axis score (n,) of ``Z`` (n, p) given primary segments (n,).
+
+        ``||r - rho_j||^2 = ||r||^2 - 2 z.rho_j + ||rho_j||^2`` because ``rho_j`` lies in the
+        off-axis complement (it is a mean of residuals), so ``r.rho_j = z.rho_j``.
+        """
+        Z = np.asarray(Z, dtype=np.float64)
+        primary = np.asarray(primary, dtype=np.intp)
+        cross = np.einsum("ip,ip->i", Z, self.segment_offsets[primary])
+        r2 = axes.residual_sq(Z) - 2.0 * cross + self.offset_sq[primary]
+        return np.maximum(r2, 0.0) / self.segment_scales[primary]
+
     def classify(self, residual: np.ndarray, outlier: np.ndarray) -> AnomalyScores:
-        """Normalise raw scores (n,) against the thresholds (see module docstring)."""
+        """Normalise residual and outlier scores (n,) against the thresholds."""
         residual = np.asarray(residual, dtype=np.float64)
         outlier = np.asarray(outlier, dtype=np.float64)
         r = residual / self.residual_threshold
@@ -87,10 +117,21 @@ class AnomalyModel:
         )
 
     def score(
-        self, Z: np.ndarray, S: np.ndarray, axes: Axes, membership: MembershipModel
+        self,
+        Z: np.ndarray,
+        S: np.ndarray,
+        axes: Axes,
+        membership: MembershipModel,
+        primary: np.ndarray | None = None,
     ) -> AnomalyScores:
-        """Score standardised ``Z`` (n, p) with axis scores ``S = axes.scores(Z)`` (n, d)."""
-        return self.classify(axes.residual_sq(Z), membership.mahalanobis_min(S))
+        """Score ``Z`` (n, p) with axis scores ``S = axes.scores(Z)`` (n, d).
+
+        ``primary`` (n,) defaults to the most probable segment under ``membership``.
+        """
+        maha = membership.mahalanobis_sq(S)
+        if primary is None:
+            primary = np.argmax(membership.log_norm - 0.5 * maha, axis=1)
+        return self.classify(self.residual_scores(Z, primary, axes), maha.min(axis=1))
 
     def classify_one(self, residual: float, outlier: float) -> tuple[float, bool, str]:
         """Scalar version of :meth:`classify`: (score, is_anomaly, kind)."""
@@ -106,30 +147,46 @@ class AnomalyModel:
             "residual_threshold": float(self.residual_threshold),
             "outlier_threshold": float(self.outlier_threshold),
             "contamination": float(self.contamination),
-            "residual_median": float(self.residual_median),
-            "outlier_median": float(self.outlier_median),
+            "segment_offsets": self.segment_offsets.tolist(),
+            "segment_scales": self.segment_scales.tolist(),
             "calibration_rate": float(self.calibration_rate),
             "robust_c": float(self.robust_c),
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> AnomalyModel:
-        return cls(**{k: float(d[k]) for k in cls.__dataclass_fields__ if k in d})
+        return cls(
+            residual_threshold=float(d["residual_threshold"]),
+            outlier_threshold=float(d["outlier_threshold"]),
+            contamination=float(d["contamination"]),
+            segment_offsets=np.array(d["segment_offsets"], dtype=np.float64),
+            segment_scales=np.array(d["segment_scales"], dtype=np.float64),
+            calibration_rate=float(d.get("calibration_rate", 0.0)),
+            robust_c=float(d.get("robust_c", ROBUST_C)),
+        )
+
+
+def bulk_mask(values: np.ndarray, robust_c: float = ROBUST_C) -> np.ndarray:
+    """Bool (n,): rows of a non-negative score that are not gross outliers (module rule)."""
+    x = np.asarray(values, dtype=np.float64)
+    q = np.sqrt(np.maximum(np.where(np.isfinite(x), x, np.inf), 0.0))
+    finite = np.isfinite(q)
+    if not finite.any():
+        return finite
+    m = float(np.median(q[finite]))
+    s = _MAD_TO_SIGMA * float(np.median(np.abs(q[finite] - m)))
+    return finite & (q <= m + robust_c * s)
 
 
 def robust_threshold(values: np.ndarray, contamination: float, robust_c: float = ROBUST_C) -> float:
-    """Threshold for a non-negative squared-distance score (n,); rule in module docstring."""
+    """``(1 - contamination)`` quantile of a non-negative score (n,) over its bulk."""
     x = np.asarray(values, dtype=np.float64)
-    x = x[np.isfinite(x)]
-    if x.size == 0:
-        return 1.0
-    r = np.sqrt(np.maximum(x, 0.0))
-    m = float(np.median(r))
-    s = _MAD_TO_SIGMA * float(np.median(np.abs(r - m)))
-    bulk = x[r <= m + robust_c * s] if s > 0 else x[r <= m]
+    bulk = x[bulk_mask(x, robust_c)]
     if bulk.size == 0:
-        bulk = x
-    return max(float(np.quantile(bulk, 1.0 - contamination)), _MIN_THRESHOLD)
+        bulk = x[np.isfinite(x)]
+    if bulk.size == 0:
+        return 1.0
+    return max(float(np.quantile(bulk, 1.0 - contamination)), _MIN_SCALE)
 
 
 def fit_anomaly_model(
@@ -139,18 +196,47 @@ def fit_anomaly_model(
     membership: MembershipModel,
     contamination: float = 0.01,
 ) -> AnomalyModel:
-    """Freeze anomaly thresholds on the calibration population ``Z`` (n, p), ``S`` (n, d)."""
+    """Freeze the anomaly model on the calibration population ``Z`` (n, p), ``S`` (n, d)."""
     if not 0.0 < contamination < 0.5:
         raise ValueError("contamination must be in (0, 0.5)")
-    residual = axes.residual_sq(Z)
-    outlier = membership.mahalanobis_min(S)
+    Z = np.asarray(Z, dtype=np.float64)
+    k, p = membership.n_segments, Z.shape[1]
+    maha = membership.mahalanobis_sq(S)
+    primary = np.argmax(membership.log_norm - 0.5 * maha, axis=1)
+    outlier = maha.min(axis=1)
+    R = Z - (Z @ axes.basis) @ axes.basis.T
+    population_scale = max(float(np.median(np.einsum("ip,ip->i", R, R))), _MIN_SCALE)
+
+    offsets = np.zeros((k, p))
+    scales = np.full(k, population_scale)
+    established = membership.segments.weights >= ESTABLISHED_FACTOR * contamination
+    for j in np.flatnonzero(established):
+        members = R[primary == j]
+        if members.shape[0] < 2:
+            continue
+        # Coordinate-wise median: anomalies sharing an established segment (fraud next to
+        # whales) must not drag its centre. Projected back into the off-axis complement,
+        # which residual_scores relies on.
+        centre = np.median(members, axis=0)
+        offsets[j] = centre - axes.basis @ (axes.basis.T @ centre)
+        centred = members - offsets[j]
+        scales[j] = max(float(np.median(np.einsum("ip,ip->i", centred, centred))), _MIN_SCALE)
+
     model = AnomalyModel(
-        residual_threshold=robust_threshold(residual, contamination),
-        outlier_threshold=robust_threshold(outlier, contamination),
+        residual_threshold=1.0,
+        outlier_threshold=1.0,
         contamination=float(contamination),
-        residual_median=float(np.median(residual)),
-        outlier_median=float(np.median(outlier)),
+        segment_offsets=offsets,
+        segment_scales=scales,
     )
+    residual = model.residual_scores(Z, primary, axes)
+    t_res = robust_threshold(residual, contamination)
+    t_out = robust_threshold(outlier, contamination)
+    combined = np.maximum(residual / t_res, outlier / t_out)
+    bulk = bulk_mask(residual) & bulk_mask(outlier)
+    factor = float(np.quantile(combined[bulk], 1.0 - contamination)) if bulk.any() else 1.0
+    model.residual_threshold = t_res * factor
+    model.outlier_threshold = t_out * factor
     model.calibration_rate = float(model.classify(residual, outlier).is_anomaly.mean())
     return model
 
@@ -161,21 +247,24 @@ def reasons(
     axes: Axes,
     top: int = 3,
     kind: str | None = None,
+    offset: np.ndarray | None = None,
 ) -> list[dict[str, Any]]:
     """Features that explain one player's anomaly, strongest first (at most ``top``).
 
-    ``z_row`` (p,) is the standardised row. For ``kind == "off-axis"`` features are ranked by
-    |off-axis residual component| (what breaks the usual feature combination); otherwise by
-    |z| (what is extreme). Each dict: ``feature``, ``z`` (standardised value), ``residual``
-    (off-axis component, z-units), ``direction`` ("high" | "low": sign of the ranking
-    quantity, i.e. relative to the population, or for off-axis relative to what the player's
-    axis scores predict).
+    ``z_row`` (p,) is the standardised row; ``offset`` (p,) the primary segment's off-axis
+    centre (``AnomalyModel.segment_offsets[j]``, default 0). For ``kind == "off-axis"``
+    features are ranked by |off-axis component - offset| (what breaks the usual feature
+    combination); otherwise by |z| (what is extreme). Each dict: ``feature``, ``z``,
+    ``residual`` (off-axis component relative to the segment, z-units), ``direction``
+    ("high" | "low": sign of the ranking quantity, i.e. relative to the population, or for
+    off-axis relative to what the player's axis scores and segment predict).
     """
     z = np.asarray(z_row, dtype=np.float64).reshape(-1)
     resid = z - axes.basis @ (axes.basis.T @ z)
-    key = np.abs(resid) if kind == "off-axis" else np.abs(z)
-    order = np.argsort(-key, kind="stable")[: max(0, int(top))]
+    if offset is not None:
+        resid = resid - np.asarray(offset, dtype=np.float64).reshape(-1)
     signed = resid if kind == "off-axis" else z
+    order = np.argsort(-np.abs(signed), kind="stable")[: max(0, int(top))]
     return [
         {
             "feature": str(feature_names[j]),

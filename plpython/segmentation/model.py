@@ -60,13 +60,24 @@ class _FastScorer:
         self.scale = prep.scale
         d, k = axes.n_axes, mm.n_segments
         self.d, self.k = d, k
-        # One product z @ fused gives [axis scores | basis projection | whitened offsets].
+        anomaly = taxonomy.anomaly
+        # One product z @ fused gives [axis scores | basis projection | whitened segment
+        # offsets | z . rho_j for the off-axis segment centres].
         self.fused = np.ascontiguousarray(
-            np.hstack([axes.weights, axes.basis, axes.weights @ mm.stacked_precision])
+            np.hstack(
+                [
+                    axes.weights,
+                    axes.basis,
+                    axes.weights @ mm.stacked_precision,
+                    anomaly.segment_offsets.T,
+                ]
+            )
         )
-        self.offset = np.concatenate([np.zeros(2 * d), mm.stacked_offset])
+        self.offset = np.concatenate([np.zeros(2 * d), mm.stacked_offset, np.zeros(k)])
         self.log_norm = mm.log_norm
-        self.anomaly = taxonomy.anomaly
+        self.anomaly = anomaly
+        self.offset_sq = anomaly.offset_sq.tolist()
+        self.segment_scales = anomaly.segment_scales.tolist()
         self.segment_ids = list(taxonomy.segment_ids)
         self.segment_names = list(taxonomy.segment_names)
 
@@ -86,20 +97,21 @@ class _FastScorer:
         x /= self.scale
         out = x @ self.fused
         out -= self.offset
-        d = self.d
+        d, k = self.d, self.k
         proj = out[d : 2 * d]
-        residual = float(x @ x - proj @ proj)
-        if residual < 0.0:
-            residual = 0.0
-        y = out[2 * d :]
+        y = out[2 * d : 2 * d + k * d]
         y *= y
-        maha = y.reshape(self.k, d).sum(axis=1)
+        maha = y.reshape(k, d).sum(axis=1)
         lp = self.log_norm - 0.5 * maha
         lp -= lp.max()
         post = np.exp(lp)
         post /= post.sum()
         primary = int(post.argmax())
-        score, is_anomaly, kind = self.anomaly.classify_one(residual, float(maha.min()))
+        residual = float(x @ x - proj @ proj) - 2.0 * float(out[2 * d + k * d + primary])
+        residual += self.offset_sq[primary]
+        residual = (residual if residual > 0.0 else 0.0) / self.segment_scales[primary]
+        outlier = float(maha.min())
+        score, is_anomaly, kind = self.anomaly.classify_one(residual, outlier)
         return {
             "axis_scores": out[:d].tolist(),
             "posteriors": post.tolist(),
@@ -111,7 +123,7 @@ class _FastScorer:
             "is_anomaly": is_anomaly,
             "anomaly_kind": kind,
             "residual": residual,
-            "outlier": float(maha.min()),
+            "outlier": outlier,
             "n_non_finite": n_bad,
         }
 
@@ -171,7 +183,9 @@ class Taxonomy:
         post = np.exp(log_p)
         post /= post.sum(axis=1, keepdims=True)
         primary = np.argmax(post, axis=1)
-        anomaly = self.anomaly.classify(self.axes.residual_sq(Z), maha.min(axis=1))
+        anomaly = self.anomaly.classify(
+            self.anomaly.residual_scores(Z, primary, self.axes), maha.min(axis=1)
+        )
         return Scores(
             prepared=Z,
             axis_scores=S,
@@ -209,8 +223,11 @@ class Taxonomy:
         """Anomaly reasons for one raw player (q,), see :func:`segmentation.anomalies.reasons`."""
         names = None if feature_names_full is None else list(feature_names_full)
         Z, _ = self.preparation.transform(np.asarray(x_raw, dtype=np.float64)[None, :], names)
-        kind = self.anomaly.score(Z, self.axes.scores(Z), self.axes, self.membership).kind[0]
-        return reasons(Z[0], self.feature_names, self.axes, top=top, kind=str(kind))
+        S = self.axes.scores(Z)
+        primary = self.membership.log_prob(S).argmax(axis=1)
+        kind = self.anomaly.score(Z, S, self.axes, self.membership, primary).kind[0]
+        offset = self.anomaly.segment_offsets[primary[0]]
+        return reasons(Z[0], self.feature_names, self.axes, top=top, kind=str(kind), offset=offset)
 
     def centroids_prepared(self) -> np.ndarray:
         """Segment centres (k, p) in this taxonomy's standardised feature space.

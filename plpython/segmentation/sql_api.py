@@ -8,21 +8,34 @@ and writes results back. Core errors become ``plpy.error`` with their SQLSTATE.
 from __future__ import annotations
 
 import functools
+import json
 import sys
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import numpy as np
+
 import segmentation
 from segmentation import calibration, population, taxonomy_store
 from segmentation.errors import (
+    BatchSlotsExhausted,
+    EmptyWindow,
     InvalidArgument,
     InvalidDocument,
+    InvalidFeatures,
+    NoActiveTaxonomy,
     PopulationTooSmall,
     SegmentationError,
     TooFewFeatures,
+    UnknownPlayer,
 )
-from segmentation.features import FeatureRecipe
+from segmentation.features import (
+    FeatureRecipe,
+    activity_aggregate_sql,
+    features_from_aggregates,
+    features_from_metric_vector,
+)
 from segmentation.model import Taxonomy
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -36,15 +49,21 @@ def reports_errors(fn: F) -> F:
         try:
             return fn(plpy, *args, **kwargs)
         except SegmentationError as exc:
-            plpy.error(exc.message, detail=exc.detail, hint=exc.hint, sqlstate=exc.sqlstate)
+            extra = {k: v for k, v in (("detail", exc.detail), ("hint", exc.hint)) if v}
+            plpy.error(exc.message, sqlstate=exc.sqlstate, **extra)
+        except plpy.SPIError:
+            raise  # a database error (cancel, timeout, constraint): keep its SQLSTATE
+        except Exception as exc:  # a bug: still a clean message, the traceback goes to CONTEXT
+            plpy.error(f"segmentation internal error in {fn.__name__}: "
+                       f"{type(exc).__name__}: {exc}",
+                       hint="This is a bug; please report it with the server log.",
+                       sqlstate="XX000")
 
     return wrapper  # type: ignore[return-value]
 
 
 def python_runtime(plpy: Any, GD: dict) -> str:
     """Versions of the server-side runtime as a jsonb text."""
-    import json
-
     import numpy
     import scipy
     import sklearn
@@ -266,8 +285,6 @@ def export_taxonomy(plpy: Any, GD: dict, taxonomy_id: int | None) -> str:
 @reports_errors
 def import_taxonomy(plpy: Any, GD: dict, doc_text: str | None, game_id: str | None,
                     activate: bool | None) -> str:
-    import json
-
     if doc_text is None:
         raise InvalidDocument("the document is NULL",
                               hint="Pass the jsonb returned by segmentation.export_taxonomy.")
@@ -311,3 +328,267 @@ def import_taxonomy(plpy: Any, GD: dict, doc_text: str | None, game_id: str | No
         taxonomy_store.activate(plpy, taxonomy_id)
     return taxonomy_store.dumps({"game_id": target_game, "taxonomy_id": taxonomy_id,
                                  "version": version, "active": activate is None or activate})
+
+
+# --------------------------------------------------------------------- categorization
+
+
+class _Cached:
+    """The active taxonomy of one game as loaded into this backend."""
+
+    def __init__(self, plpy: Any, taxonomy_id: int, ttl: float) -> None:
+        self.taxonomy_id = taxonomy_id
+        self.taxonomy, self.recipe, doc = taxonomy_store.load(plpy, taxonomy_id)
+        self.version = int(doc["taxonomy"]["version"])
+        self.game_id = doc["taxonomy"]["game_id"]
+        self.loaded_at = time.monotonic()
+        self.expires_at = self.loaded_at + ttl
+        self.feature_names = self.recipe.feature_names
+        self.known_keys = set(self.feature_names) | set(self.recipe.metrics)
+        self.segment_names = list(self.taxonomy.segment_names)
+        self.axis_names = list(self.taxonomy.axes.names)
+        self.player_plan: Any = None
+
+
+def cached_taxonomy(plpy: Any, GD: dict, game_id: str) -> _Cached:
+    """The active taxonomy of ``game_id``, from this backend's cache when still current.
+
+    One indexed lookup per call detects a re-activation at once; otherwise the entry
+    is re-read after ``segmentation.cache_ttl_seconds``. An entry is replaced whole,
+    so a caller never scores with parts of two versions.
+    """
+    active_id = taxonomy_store.active_taxonomy_id(plpy, game_id)
+    if active_id is None:
+        raise NoActiveTaxonomy(
+            f"game {game_id!r} has no active taxonomy",
+            hint=f"Run SELECT segmentation.calibrate_taxonomy({game_id!r}) first, or activate "
+                 "a version with segmentation.activate_taxonomy(taxonomy_id).")
+    cache: dict[str, _Cached] = GD.setdefault("segmentation.cache", {})
+    entry = cache.get(game_id)
+    if entry is None or entry.taxonomy_id != active_id or time.monotonic() > entry.expires_at:
+        ttl = read_settings(plpy, ("cache_ttl_seconds",))["cache_ttl_seconds"]
+        entry = cache[game_id] = _Cached(plpy, active_id, ttl)
+    return entry
+
+
+def _answer(entry: _Cached, scored: dict[str, Any]) -> dict[str, Any]:
+    axis_scores = scored["axis_scores"]
+    posteriors = scored["posteriors"]
+    order = sorted(range(len(posteriors)), key=posteriors.__getitem__, reverse=True)
+    drivers = sorted(range(len(axis_scores)), key=lambda a: -abs(axis_scores[a]))[:2]
+    explanation = {
+        "top_axes": [{"axis": entry.axis_names[a], "score": round(axis_scores[a], 4)}
+                     for a in drivers],
+        "runner_up": entry.segment_names[order[1]] if len(order) > 1 else None,
+        "margin": round(posteriors[order[0]] - (posteriors[order[1]] if len(order) > 1 else 0), 4),
+        "anomaly_kind": scored["anomaly_kind"],
+        "imputed_features": scored["n_non_finite"],
+    }
+    return {
+        "taxonomy_id": entry.taxonomy_id,
+        "taxonomy_version": entry.version,
+        "segment_id": scored["segment_id"],
+        "segment_name": scored["segment_name"],
+        "membership": scored["membership"],
+        "memberships": json.dumps(dict(zip(entry.segment_names, posteriors, strict=True))),
+        "axis_scores": json.dumps(dict(zip(entry.axis_names, axis_scores, strict=True))),
+        "anomaly_score": scored["anomaly_score"],
+        "is_anomaly": scored["is_anomaly"],
+        "explanation": json.dumps(explanation),
+    }
+
+
+@reports_errors
+def categorize_features(plpy: Any, GD: dict, game_id: str, features: str | None) -> dict:
+    entry = cached_taxonomy(plpy, GD, _check_game_id(game_id))
+    if features is None:
+        raise InvalidFeatures("features must not be NULL",
+                              hint="Pass a jsonb object such as '{\"sessions_total\": 12}'.")
+    values = json.loads(features)
+    if not isinstance(values, dict) or not values:
+        raise InvalidFeatures("features must be a non-empty jsonb object",
+                              hint=f"Known keys: {sorted(entry.known_keys)}.")
+    unknown = [k for k in values if k not in entry.known_keys and k != "active_days"]
+    if unknown:
+        raise InvalidFeatures(f"unknown feature keys: {sorted(unknown)[:10]}",
+                              hint=f"Known keys: {sorted(entry.known_keys)}.")
+    bad = [k for k, v in values.items()
+           if v is not None and (isinstance(v, bool) or not isinstance(v, int | float))]
+    if bad:
+        raise InvalidFeatures(f"feature values must be numbers: {sorted(bad)[:10]}",
+                              hint="Send JSON numbers; null means unknown (imputed).")
+    x = features_from_metric_vector({k: v for k, v in values.items() if v is not None},
+                                    entry.recipe)
+    return _answer(entry, entry.taxonomy.score_one(x))
+
+
+@reports_errors
+def categorize_player(plpy: Any, GD: dict, game_id: str, player_id: str | None,
+                      as_of: str | None) -> dict:
+    entry = cached_taxonomy(plpy, GD, _check_game_id(game_id))
+    if player_id is None or as_of is None:
+        raise InvalidArgument("player_id and as_of must not be NULL",
+                              hint="categorize_player(game_id, player_id, as_of => current_date).")
+    recipe = entry.recipe
+    if recipe.kind == "activity":
+        if entry.player_plan is None:
+            entry.player_plan = plpy.prepare(
+                activity_aggregate_sql(len(recipe.metrics), player_filter=True,
+                                       with_invalid=False),
+                ["text", "date", "int4", "text[]", "text"])
+        rows = plpy.execute(entry.player_plan,
+                            [game_id, as_of, recipe.lookback_days, recipe.metrics, player_id])
+        if not rows:
+            raise UnknownPlayer(
+                f"player {player_id!r} has no activity in game {game_id!r} in the"
+                f" {recipe.lookback_days} days up to {as_of}",
+                hint="Check the player id, or pass as_of => a day within the player's activity.")
+        r = rows[0]
+        agg = np.array([[r["active_days"], r["days_since_last"], r["tenure_days"]]
+                        + [r[f"t{i}"] for i in range(1, len(recipe.metrics) + 1)]],
+                       dtype=np.float64)
+        x = features_from_aggregates(agg)[0]
+    else:
+        if entry.player_plan is None:
+            source = population.registered_source(plpy, game_id)
+            if source is None:
+                raise InvalidFeatures("the taxonomy was calibrated from a feature source that "
+                                      "is no longer registered",
+                                      hint="Register it again or recalibrate.")
+            cols = dict(population.source_columns(plpy, source["relid"],
+                                                  recipe.player_column or ""))
+            exprs = ", ".join(
+                f"({plpy.quote_ident(c)})::{'int::' if cols.get(c) == 'bool' else ''}float8"
+                f" AS {plpy.quote_ident(c)}" for c in recipe.columns)
+            entry.player_plan = plpy.prepare(
+                f"SELECT {exprs} FROM {source['source']}"
+                f" WHERE ({plpy.quote_ident(recipe.player_column)})::text = $1 LIMIT 1", ["text"])
+        rows = plpy.execute(entry.player_plan, [player_id])
+        if not rows:
+            raise UnknownPlayer(f"player {player_id!r} is not in the feature source",
+                                hint="Check the player id.")
+        x = np.array([np.nan if rows[0][c] is None else rows[0][c] for c in recipe.columns],
+                     dtype=np.float64)
+    return _answer(entry, entry.taxonomy.score_one(x))
+
+
+BATCH_CHUNK = 50_000
+
+
+def _acquire_batch_slot(plpy: Any, game_id: str, max_slots: int) -> int:
+    plpy.execute(plpy.prepare("SELECT pg_advisory_xact_lock($1, hashtext($2))", ["int4", "text"]),
+                 [BATCH_GAME_LOCK, game_id])
+    plan = plpy.prepare("SELECT pg_try_advisory_xact_lock($1, $2) AS ok", ["int4", "int4"])
+    for slot in range(1, max_slots + 1):
+        if plpy.execute(plan, [BATCH_SLOT_LOCK, slot])[0]["ok"]:
+            return slot
+    raise BatchSlotsExhausted(
+        f"all {max_slots} categorize_all slots are busy",
+        hint="Retry later, or raise segmentation.max_concurrent_categorizations.")
+
+
+@reports_errors
+def categorize_all(plpy: Any, GD: dict, game_id: str, as_of: str | None) -> str:
+    t0 = time.perf_counter()
+    game_id = _check_game_id(game_id)
+    if as_of is None:
+        raise InvalidArgument("as_of must not be NULL", hint="Omit it for current_date.")
+    settings = read_settings(plpy, ("max_concurrent_categorizations",))
+    slot = _acquire_batch_slot(plpy, game_id, int(settings["max_concurrent_categorizations"]))
+    active_id = taxonomy_store.active_taxonomy_id(plpy, game_id)
+    if active_id is None:
+        raise NoActiveTaxonomy(f"game {game_id!r} has no active taxonomy",
+                               hint=f"Run SELECT segmentation.calibrate_taxonomy({game_id!r}).")
+    # Loaded once: the whole batch scores with exactly this version.
+    taxonomy, recipe, doc = taxonomy_store.load(plpy, active_id)
+    run_id = _start_run(plpy, "categorize_all", game_id, {"as_of": as_of, "slot": slot})
+    timings: dict[str, float] = {}
+    if recipe.kind == "activity":
+        n, _ = population.stage_activity(plpy, game_id, as_of, recipe, with_invalid=False)
+    else:
+        source = population.registered_source(plpy, game_id)
+        if source is None:
+            raise InvalidFeatures("the taxonomy's feature source is no longer registered",
+                                  hint="Register it again or recalibrate.")
+        n = population.stage_source(plpy, source, recipe)
+    if n == 0:
+        raise EmptyWindow(f"game {game_id!r} has no players in the window up to {as_of}",
+                          hint="Pass a later as_of.")
+    population.index_population(plpy)
+    timings["features"] = time.perf_counter() - t0
+    _log(plpy, run_id, f"categorizing {n} players of {game_id!r} with taxonomy {active_id}")
+
+    if plpy.execute("SELECT to_regclass('pg_temp.segmentation_batch') IS NOT NULL AS e")[0]["e"]:
+        plpy.execute("DROP TABLE pg_temp.segmentation_batch")
+    plpy.execute("CREATE TEMP TABLE segmentation_batch (player_id text, segment_id int,"
+                 " membership float8, memberships float8[], axis_scores float8[],"
+                 " anomaly_score float8, is_anomaly bool) ON COMMIT DROP")
+    insert = plpy.prepare(
+        "INSERT INTO pg_temp.segmentation_batch SELECT $1[i], $2[i], $3[i],"
+        " $4[(i - 1) * $8 + 1 : i * $8], $5[(i - 1) * $9 + 1 : i * $9], $6[i], $7[i]"
+        " FROM generate_subscripts($1, 1) i",
+        ["text[]", "int4[]", "float8[]", "float8[]", "float8[]", "float8[]", "bool[]",
+         "int4", "int4"])
+    k, d = taxonomy.segments.n_segments, taxonomy.axes.n_axes
+    after, done, anomalies, t_score, t_write = "", 0, 0, 0.0, 0.0
+    counts = np.zeros(k, dtype=np.int64)
+    names = recipe.feature_names
+    while True:
+        ids, X = population.fetch(plpy, recipe, limit=BATCH_CHUNK, after=after)
+        if not ids:
+            break
+        t1 = time.perf_counter()
+        s = taxonomy.score(X, names)
+        counts += np.bincount(s.primary, minlength=k)
+        anomalies += int(s.anomaly.is_anomaly.sum())
+        t2 = time.perf_counter()
+        plpy.execute(insert, [ids, s.segment_id.tolist(), s.membership.tolist(),
+                              s.posteriors.ravel().tolist(), s.axis_scores.ravel().tolist(),
+                              s.anomaly.score.tolist(), s.anomaly.is_anomaly.tolist(), k, d])
+        t_write += time.perf_counter() - t2
+        t_score += t2 - t1
+        done += len(ids)
+        after = ids[-1]
+        if n > BATCH_CHUNK:
+            plpy.notice(f"segmentation run {run_id}: categorized {done}/{n} players")
+    timings["score"] = t_score
+    timings["stage_results"] = t_write
+    t3 = time.perf_counter()
+    params = ["text", "int8", "date", "int8"]
+    args = [game_id, active_id, as_of, run_id]
+    changed = plpy.execute(plpy.prepare(
+        "UPDATE segmentation.player_segment_memberships m SET valid_to = now()"
+        " FROM pg_temp.segmentation_batch b WHERE m.game_id = $1 AND m.player_id = b.player_id"
+        " AND m.valid_to IS NULL AND (m.taxonomy_id <> $2 OR m.segment_id <> b.segment_id)"
+        " AND $3 IS NOT NULL AND $4 IS NOT NULL", params), args).nrows()
+    plpy.execute(plpy.prepare(
+        "UPDATE segmentation.player_segment_memberships m SET membership = b.membership,"
+        " memberships = b.memberships, axis_scores = b.axis_scores,"
+        " anomaly_score = b.anomaly_score, is_anomaly = b.is_anomaly, as_of = $3, run_id = $4"
+        " FROM pg_temp.segmentation_batch b WHERE m.game_id = $1 AND m.player_id = b.player_id"
+        " AND m.valid_to IS NULL AND m.taxonomy_id = $2", params), args)
+    inserted = plpy.execute(plpy.prepare(
+        "INSERT INTO segmentation.player_segment_memberships (game_id, player_id, taxonomy_id,"
+        " segment_id, membership, memberships, axis_scores, anomaly_score, is_anomaly, as_of,"
+        " run_id, valid_from) SELECT $1, b.player_id, $2, b.segment_id, b.membership,"
+        " b.memberships, b.axis_scores, b.anomaly_score, b.is_anomaly, $3, $4, now()"
+        " FROM pg_temp.segmentation_batch b WHERE NOT EXISTS (SELECT 1 FROM"
+        " segmentation.player_segment_memberships m WHERE m.game_id = $1"
+        " AND m.player_id = b.player_id AND m.valid_to IS NULL)", params), args).nrows()
+    timings["write_history"] = time.perf_counter() - t3
+    t4 = time.perf_counter()
+    for view in ("segment_summary", "segment_transitions"):
+        plpy.execute(f"REFRESH MATERIALIZED VIEW CONCURRENTLY segmentation.{view}")
+    timings["refresh_views"] = time.perf_counter() - t4
+    timings["total"] = time.perf_counter() - t0
+    result = {
+        "game_id": game_id, "run_id": run_id, "as_of": as_of, "taxonomy_id": active_id,
+        "taxonomy_version": int(doc["taxonomy"]["version"]), "players": done,
+        "changed_segment": int(changed), "new": int(inserted - changed),
+        "unchanged": int(done - inserted), "anomalies": anomalies,
+        "segments": {taxonomy.segment_names[j]: int(counts[j]) for j in range(k)},
+        "timings": timings,
+    }
+    _finish_run(plpy, run_id, result, active_id)
+    _log(plpy, run_id, f"categorized {done} players in {timings['total']:.2f}s")
+    return taxonomy_store.dumps(result)

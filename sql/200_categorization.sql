@@ -1,0 +1,60 @@
+-- Player categorization: one player (by id or by an ad-hoc feature vector) and the
+-- whole population in one set-based batch.
+
+DO $$
+BEGIN
+    IF to_regtype('segmentation.categorization') IS NULL THEN
+        CREATE TYPE segmentation.categorization AS (
+            taxonomy_id      bigint,
+            taxonomy_version integer,
+            segment_id       integer,
+            segment_name     text,
+            membership       double precision,
+            memberships      jsonb,
+            axis_scores      jsonb,
+            anomaly_score    double precision,
+            is_anomaly       boolean,
+            explanation      jsonb
+        );
+    END IF;
+END
+$$;
+COMMENT ON TYPE segmentation.categorization IS
+    'Answer of categorize_player: primary segment and degree, every segment''s degree (sums to 1), axis scores, anomaly score and flag, and an explanation.';
+
+CREATE OR REPLACE FUNCTION segmentation.categorize_player(
+    game_id text, player_id text, as_of date DEFAULT current_date)
+RETURNS segmentation.categorization
+LANGUAGE plpython3u STABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+if GD.get("segmentation.version") != "@VERSION@":
+    plpy.execute("SELECT segmentation._python_bootstrap()")
+return GD["segmentation.api"].categorize_player(plpy, GD, game_id, player_id, as_of)
+$$;
+COMMENT ON FUNCTION segmentation.categorize_player(text, text, date) IS
+    'Categorize one player from their activity in the active taxonomy''s window up to as_of: fuzzy memberships, axis scores, anomaly score. Read-only.';
+
+CREATE OR REPLACE FUNCTION segmentation.categorize_player(game_id text, features jsonb)
+RETURNS segmentation.categorization
+LANGUAGE plpython3u STABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+if GD.get("segmentation.version") != "@VERSION@":
+    plpy.execute("SELECT segmentation._python_bootstrap()")
+return GD["segmentation.api"].categorize_features(plpy, GD, game_id, features)
+$$;
+COMMENT ON FUNCTION segmentation.categorize_player(text, jsonb) IS
+    'Categorize an ad-hoc feature vector: keys are feature names (sessions_total, sessions_per_day, active_days, ...) or raw metric totals (sessions, ...) with active_days. Missing features are imputed with the calibration median.';
+
+CREATE OR REPLACE FUNCTION segmentation.categorize_all(game_id text, as_of date DEFAULT current_date)
+RETURNS jsonb
+LANGUAGE plpython3u VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+if GD.get("segmentation.version") != "@VERSION@":
+    plpy.execute("SELECT segmentation._python_bootstrap()")
+return GD["segmentation.api"].categorize_all(plpy, GD, game_id, as_of)
+$$;
+COMMENT ON FUNCTION segmentation.categorize_all(text, date) IS
+    'Categorize every player active in the window with the active taxonomy, in vectorized chunks; writes player_segment_memberships (history) and refreshes segment_summary and segment_transitions. Returns counts and timings.';

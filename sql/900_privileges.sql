@@ -1,0 +1,36 @@
+-- Privileges, applied last on every install. Nothing is granted to PUBLIC.
+--   segmentation_reader: views, summaries, the model tables, health
+--   segmentation_app:    + categorize_player (and what it reads)
+--   segmentation_admin:  + calibrate, activate, categorize_all, import/export, sources
+-- Roles are nested (reader < app < admin) by the loader.
+-- All functions are SECURITY INVOKER with a pinned search_path; none is SECURITY DEFINER.
+
+REVOKE ALL ON SCHEMA segmentation FROM PUBLIC;
+REVOKE ALL ON ALL TABLES IN SCHEMA segmentation FROM PUBLIC;
+REVOKE ALL ON ALL SEQUENCES IN SCHEMA segmentation FROM PUBLIC;
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA segmentation FROM PUBLIC;
+GRANT USAGE ON SCHEMA segmentation TO segmentation_reader, segmentation_app, segmentation_admin;
+
+GRANT SELECT ON segmentation.player_current_segment, segmentation.player_memberships_long,
+                segmentation.segment_summary, segmentation.segment_transitions,
+                segmentation.settings, segmentation.game_behavioral_taxonomy,
+                segmentation.behavioral_axes, segmentation.segment_definitions
+   TO segmentation_reader;
+GRANT EXECUTE ON FUNCTION segmentation.version(), segmentation.health(), segmentation.ready(),
+                          segmentation.live(), segmentation.python_runtime(),
+                          segmentation._python_bootstrap(), segmentation.setting_definitions(),
+                          segmentation.setting_value(text), segmentation.taxonomy_history(text)
+   TO segmentation_reader;
+
+GRANT SELECT ON segmentation.player_activity, segmentation.feature_sources
+   TO segmentation_app;
+GRANT EXECUTE ON FUNCTION segmentation.categorize_player(text, text, date),
+                          segmentation.categorize_player(text, jsonb)
+   TO segmentation_app;
+
+GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA segmentation TO segmentation_admin;
+GRANT USAGE ON ALL SEQUENCES IN SCHEMA segmentation TO segmentation_admin;
+GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA segmentation TO segmentation_admin;
+-- categorize_all refreshes the materialized views, which needs ownership.
+ALTER MATERIALIZED VIEW segmentation.segment_summary OWNER TO segmentation_admin;
+ALTER MATERIALIZED VIEW segmentation.segment_transitions OWNER TO segmentation_admin;
