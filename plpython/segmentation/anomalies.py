@@ -11,10 +11,13 @@ Two scores per player:
   ``||r - rho_j||^2`` over its members) - a shared-basis mixture of probabilistic PCAs.
   This matters for heterogeneous but legitimate segments: whales vary in price per
   purchase, which no population axis describes, so a global residual flags the biggest
-  spenders merely for spending. **Only established segments** (weight >= ``2 x
-  contamination``) get their own ``rho_j``/``s_j``; smaller ones use ``rho = 0`` and the
-  population median of ``||r||^2``, so a cluster of anomalies (at most ``contamination``
-  of the players by assumption) cannot make itself normal by owning a segment.
+  spenders merely for spending. ``rho_j`` and ``s_j`` are estimated only from members in
+  the bulk of the population residual ``||r||^2`` (see the threshold rule), so anomalies
+  sharing a segment do not widen it; and **only established segments** - at least
+  ``ESTABLISHED_FACTOR x contamination`` (1x) of all players are such bulk members - get
+  their own; others use ``rho = 0`` and the population median of ``||r||^2``. A cluster of
+  anomalies (at most ``contamination`` of the players by assumption) therefore cannot make
+  itself normal by owning a segment.
 * ``outlier`` - the smallest squared Mahalanobis distance to any segment in axis space
   (extreme even for the closest segment), z-units^2.
 
@@ -44,7 +47,7 @@ from segmentation.axes import Axes
 from segmentation.membership import MembershipModel
 
 ROBUST_C = 5.0
-ESTABLISHED_FACTOR = 2.0
+ESTABLISHED_FACTOR = 1.0
 _MAD_TO_SIGMA = 1.4826
 # Thresholds and scales are divisors; keep them away from 0 when a score is degenerate
 # (e.g. the residual is identically 0 when every principal component is kept).
@@ -209,11 +212,16 @@ def fit_anomaly_model(
 
     offsets = np.zeros((k, p))
     scales = np.full(k, population_scale)
-    established = membership.segments.weights >= ESTABLISHED_FACTOR * contamination
-    for j in np.flatnonzero(established):
-        members = R[primary == j]
-        if members.shape[0] < 2:
+    # Segment centres and spreads come from members inside the population's residual bulk:
+    # anomalies sharing a segment with legitimate players must not widen it.
+    bulk = bulk_mask(np.einsum("ip,ip->i", R, R))
+    n = Z.shape[0]
+    for j in range(k):
+        in_bulk = bulk & (primary == j)
+        count = int(in_bulk.sum())
+        if count < max(2, p + 1) or count < ESTABLISHED_FACTOR * contamination * n:
             continue
+        members = R[in_bulk]
         # Coordinate-wise median: anomalies sharing an established segment (fraud next to
         # whales) must not drag its centre. Projected back into the off-axis complement,
         # which residual_scores relies on.

@@ -55,7 +55,8 @@ class _FastScorer:
         self.impute = prep.impute
         self.lower = prep.clip[:, 0].copy()
         self.upper = prep.clip[:, 1].copy()
-        self.log_index = np.flatnonzero(prep.log_transform)
+        self.log_mask = prep.log_transform.copy()
+        self.any_log = bool(self.log_mask.any())
         self.center = prep.center
         self.scale = prep.scale
         d, k = axes.n_axes, mm.n_segments
@@ -75,6 +76,8 @@ class _FastScorer:
         )
         self.offset = np.concatenate([np.zeros(2 * d), mm.stacked_offset, np.zeros(k)])
         self.log_norm = mm.log_norm
+        # y*y @ half_block_sum = -||y_j||^2 / 2 per segment: block sum and scaling in one product.
+        self.half_block_sum = -0.5 * np.kron(np.eye(k), np.ones((d, 1)))
         self.anomaly = anomaly
         self.offset_sq = anomaly.offset_sq.tolist()
         self.segment_scales = anomaly.segment_scales.tolist()
@@ -91,8 +94,8 @@ class _FastScorer:
             x = np.where(finite, x, self.impute)
         np.maximum(x, self.lower, out=x)
         np.minimum(x, self.upper, out=x)
-        if self.log_index.size:
-            x[self.log_index] = np.log1p(x[self.log_index])
+        if self.any_log:
+            np.log1p(x, out=x, where=self.log_mask)
         x -= self.center
         x /= self.scale
         out = x @ self.fused
@@ -101,16 +104,16 @@ class _FastScorer:
         proj = out[d : 2 * d]
         y = out[2 * d : 2 * d + k * d]
         y *= y
-        maha = y.reshape(k, d).sum(axis=1)
-        lp = self.log_norm - 0.5 * maha
-        lp -= lp.max()
+        half_maha = y @ self.half_block_sum
+        lp = half_maha + self.log_norm
+        primary = int(lp.argmax())
+        lp -= lp[primary]
         post = np.exp(lp)
         post /= post.sum()
-        primary = int(post.argmax())
         residual = float(x @ x - proj @ proj) - 2.0 * float(out[2 * d + k * d + primary])
         residual += self.offset_sq[primary]
         residual = (residual if residual > 0.0 else 0.0) / self.segment_scales[primary]
-        outlier = float(maha.min())
+        outlier = -2.0 * float(half_maha.max())
         score, is_anomaly, kind = self.anomaly.classify_one(residual, outlier)
         return {
             "axis_scores": out[:d].tolist(),

@@ -1,0 +1,31 @@
+"""Helpers for database tests: populations from the project's generator."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any
+
+import psycopg
+
+from segmentation_loader.generator import simulate, write_population
+
+AS_OF = date(2026, 6, 30)
+
+
+def load_population(conn: psycopg.Connection, game_id: str = "g1", players: int = 3000,
+                    seed: int = 0, **kwargs: Any) -> dict[str, Any]:
+    """Write a synthetic population (labels go to segmentation_lab.planted_labels)."""
+    population = simulate(players, seed=seed, as_of=AS_OF, **kwargs)
+    return write_population(conn, game_id, population)
+
+
+def calibrate(conn: psycopg.Connection, game_id: str = "g1", **kwargs: Any) -> dict[str, Any]:
+    args = ", ".join(f"{k} => %({k})s" for k in kwargs)
+    sql = f"SELECT segmentation.calibrate_taxonomy(%(g)s, as_of => %(as_of)s" + (
+        f", {args})" if args else ")")
+    return conn.execute(sql, {"g": game_id, "as_of": AS_OF, **kwargs}).fetchone()[0]
+
+
+def planted_labels(conn: psycopg.Connection, game_id: str) -> dict[str, str]:
+    return dict(conn.execute("SELECT player_id, archetype FROM segmentation_lab.planted_labels"
+                             " WHERE game_id = %s", (game_id,)).fetchall())

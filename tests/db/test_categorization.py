@@ -1,0 +1,152 @@
+"""Player categorization: fuzzy memberships, batch history, views, cache."""
+
+from __future__ import annotations
+
+import json
+
+import psycopg
+import pytest
+from psycopg.types.json import Jsonb
+
+from tests.db.helpers import AS_OF, calibrate, load_population
+
+pytestmark = pytest.mark.db
+
+
+@pytest.fixture
+def calibrated(conn: psycopg.Connection) -> psycopg.Connection:
+    load_population(conn, "g1", players=2500, seed=5)
+    calibrate(conn)
+    return conn
+
+
+def test_categorize_player_answers_with_memberships(calibrated: psycopg.Connection) -> None:
+    row = calibrated.execute(
+        "SELECT * FROM segmentation.categorize_player('g1', 'p0000007', %s)", (AS_OF,)).fetchone()
+    cols = [d.name for d in calibrated.execute(
+        "SELECT * FROM segmentation.categorize_player('g1', 'p0000007', %s)", (AS_OF,)
+    ).description]
+    assert cols == ["taxonomy_id", "taxonomy_version", "segment_id", "segment_name", "membership",
+                    "memberships", "axis_scores", "anomaly_score", "is_anomaly", "explanation"]
+    answer = dict(zip(cols, row, strict=True))
+    assert abs(sum(answer["memberships"].values()) - 1) < 1e-9
+    assert len(answer["memberships"]) == 7
+    assert answer["memberships"][answer["segment_name"]] == pytest.approx(answer["membership"])
+    assert answer["membership"] == max(answer["memberships"].values())
+    assert answer["explanation"]["top_axes"]
+
+
+def test_batch_agrees_with_calibration_and_single_calls(calibrated: psycopg.Connection) -> None:
+    conn = calibrated
+    result = conn.execute("SELECT segmentation.categorize_all('g1', %s)", (AS_OF,)).fetchone()[0]
+    assert result["players"] == 2500 and result["new"] == 2500
+    sizes = dict(conn.execute("SELECT name, size FROM segmentation.segment_definitions s"
+                              " JOIN segmentation.game_behavioral_taxonomy t USING (taxonomy_id)"
+                              " WHERE t.is_active").fetchall())
+    assert result["segments"] == sizes  # same math as calibration
+    sample = conn.execute("SELECT player_id, segment_id, membership FROM"
+                          " segmentation.player_current_segment ORDER BY player_id LIMIT 50"
+                          ).fetchall()
+    for player, segment, membership in sample:
+        single = conn.execute("SELECT segment_id, membership FROM segmentation.categorize_player("
+                              "'g1', %s, %s)", (player, AS_OF)).fetchone()
+        assert single[0] == segment
+        assert single[1] == pytest.approx(membership, abs=1e-9)
+    sums = conn.execute("SELECT min(s), max(s) FROM (SELECT sum(degree) s FROM"
+                        " segmentation.player_memberships_long GROUP BY player_id) x").fetchone()
+    assert sums[0] == pytest.approx(1) and sums[1] == pytest.approx(1)
+    summary = conn.execute("SELECT sum(players), sum(fuzzy_size) FROM segmentation.segment_summary"
+                           " WHERE is_active").fetchone()
+    assert summary[0] == 2500 and summary[1] == pytest.approx(2500)
+
+
+def test_history_and_transitions_after_changed_data(calibrated: psycopg.Connection) -> None:
+    conn = calibrated
+    conn.execute("SELECT segmentation.categorize_all('g1', %s)", (AS_OF,))
+    # Ten players of the largest segment (casual play) turn into heavy spenders.
+    movers = [r[0] for r in conn.execute(
+        "SELECT player_id FROM segmentation.player_current_segment WHERE segment_id ="
+        " (SELECT segment_id FROM segmentation.segment_summary WHERE is_active"
+        "  ORDER BY players DESC LIMIT 1) ORDER BY player_id LIMIT 10").fetchall()]
+    conn.execute("UPDATE segmentation.player_activity SET metrics = metrics ||"
+                 " '{\"spend_usd\": 5000, \"purchases\": 40, \"sessions\": 30,"
+                 " \"minutes_played\": 900}'::jsonb WHERE game_id = 'g1'"
+                 " AND player_id = ANY(%s)", (movers,))
+    result = conn.execute("SELECT segmentation.categorize_all('g1', %s)", (AS_OF,)).fetchone()[0]
+    assert result["changed_segment"] >= 5
+    assert result["new"] == 0
+    moved = result["changed_segment"]
+    history = conn.execute("SELECT count(*) FILTER (WHERE valid_to IS NOT NULL),"
+                           " count(*) FILTER (WHERE valid_to IS NULL)"
+                           " FROM segmentation.player_segment_memberships").fetchone()
+    assert history == (moved, 2500)
+    transitions = conn.execute("SELECT sum(players) FROM segmentation.segment_transitions"
+                               " WHERE from_segment_id IS NOT NULL").fetchone()[0]
+    assert transitions == moved
+
+
+def test_features_form_and_bad_inputs(calibrated: psycopg.Connection) -> None:
+    conn = calibrated
+    answer = conn.execute(
+        "SELECT segment_name, memberships FROM segmentation.categorize_player('g1', %s)",
+        (Jsonb({"spend_usd": 900, "purchases": 30, "sessions": 40, "minutes_played": 2000,
+                "active_days": 30}),)).fetchone()
+    assert abs(sum(answer[1].values()) - 1) < 1e-9
+    bad = [
+        ({"sessions": "many"}, "SG006"),
+        ({"no_such_metric": 1}, "SG006"),
+        ([1, 2, 3], "SG006"),
+        ({}, "SG006"),
+    ]
+    for features, sqlstate in bad:
+        with pytest.raises(psycopg.Error) as err:
+            conn.execute("SELECT * FROM segmentation.categorize_player('g1', %s)",
+                         (Jsonb(features),))
+        assert err.value.sqlstate == sqlstate, features
+        assert err.value.diag.message_hint
+    with pytest.raises(psycopg.Error) as err:
+        conn.execute("SELECT * FROM segmentation.categorize_player('g1', 'nobody', %s)",
+                     (AS_OF,))
+    assert err.value.sqlstate == "SG005"
+    with pytest.raises(psycopg.Error) as err:
+        conn.execute("SELECT * FROM segmentation.categorize_player('other', 'p0000001', %s)",
+                     (AS_OF,))
+    assert err.value.sqlstate == "SG004"
+
+
+def test_cache_follows_reactivation_in_one_session(calibrated: psycopg.Connection) -> None:
+    conn = calibrated
+    first = conn.execute("SELECT taxonomy_id FROM segmentation.categorize_player("
+                         "'g1', 'p0000001', %s)", (AS_OF,)).fetchone()[0]
+    second = calibrate(conn)["taxonomy_id"]
+    again = conn.execute("SELECT taxonomy_id FROM segmentation.categorize_player("
+                         "'g1', 'p0000001', %s)", (AS_OF,)).fetchone()[0]
+    assert (first, again) == (first, second) and first != second
+    conn.execute("SELECT segmentation.activate_taxonomy(%s)", (first,))
+    back = conn.execute("SELECT taxonomy_id, taxonomy_version FROM"
+                        " segmentation.categorize_player('g1', 'p0000001', %s)",
+                        (AS_OF,)).fetchone()
+    assert back == (first, 1)
+
+
+def test_views_answer_for_a_reader_role(calibrated: psycopg.Connection, dsn: str) -> None:
+    conn = calibrated
+    conn.execute("SELECT segmentation.categorize_all('g1', %s)", (AS_OF,))
+    conn.execute("DROP ROLE IF EXISTS seg_test_reader")
+    conn.execute("CREATE ROLE seg_test_reader LOGIN IN ROLE segmentation_reader")
+    try:
+        with psycopg.connect(dsn, user="seg_test_reader", autocommit=True) as reader:
+            n = reader.execute("SELECT count(*) FROM segmentation.player_current_segment"
+                               ).fetchone()[0]
+            assert n == 2500
+            assert reader.execute("SELECT count(*) FROM segmentation.segment_summary"
+                                  ).fetchone()[0] == 7
+            for forbidden in ("SELECT count(*) FROM segmentation.player_activity",
+                              "SELECT segmentation.categorize_all('g1')",
+                              "SELECT * FROM segmentation.categorize_player('g1', 'p0000001')"):
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    reader.execute(forbidden)
+    finally:
+        conn.execute("DROP OWNED BY seg_test_reader")
+        conn.execute("DROP ROLE seg_test_reader")
+    assert json.dumps  # keep import used
