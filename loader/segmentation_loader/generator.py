@@ -788,11 +788,19 @@ def _copy_escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
 
 
-# "0000".."9999" as a (10000, 4) byte table: digits are produced four at a time with
-# one gather instead of one integer division per digit.
+# Four-digit groups as byte rows, so digits come four at a time from one gather rather
+# than one integer division per digit. Rows [0, 1e4): zero-padded "0042"; rows
+# [1e4, 2e4): space-padded "  42" with 0 as "   0"; rows [2e4, 3e4): the same but 0 as
+# "    " (a leading group that is entirely zero).
 _DIGITS4: Final[NDArray[np.uint8]] = np.frombuffer(
-    "".join(f"{i:04d}" for i in range(10000)).encode(), dtype=np.uint8
-).reshape(10000, 4)
+    (
+        "".join(f"{i:04d}" for i in range(10000))
+        + "".join(f"{i:4d}" for i in range(10000))
+        + "    "
+        + "".join(f"{i:4d}" for i in range(1, 10000))
+    ).encode(),
+    dtype=np.uint8,
+).reshape(30000, 4)
 
 
 def _put_digits(buf: NDArray[np.uint8], col: int, x: IntArray, width: int, pad: bool) -> None:
@@ -802,19 +810,26 @@ def _put_digits(buf: NDArray[np.uint8], col: int, x: IntArray, width: int, pad: 
     as "0"); without it the field is zero-padded. Values must fit in ``width`` digits.
     """
     groups = -(-width // 4)
-    digits = np.empty((x.shape[0], 4 * groups), dtype=np.uint8)
+    parts: list[IntArray] = []
     rest = x
-    for g in range(groups):
+    for _ in range(groups):
         rest, low = np.divmod(rest, 10000)
-        digits[:, 4 * (groups - 1 - g) : 4 * (groups - g)] = _DIGITS4[low]
-    field = digits[:, 4 * groups - width :]
-    if pad and width > 1:
-        n_digits = np.ones(x.shape[0], dtype=np.int64)
-        for k in range(1, width):
-            n_digits += x >= 10**k
-        leading = np.arange(width - 1, -1, -1)[None, :] >= n_digits[:, None]
-        field[leading] = 32
-    buf[:, col : col + width] = field
+        parts.append(low)
+    digits = np.empty((x.shape[0], 4 * groups), dtype=np.uint8)
+    # Walk from the most significant group down; once a nonzero group has been seen the
+    # remaining groups are zero-padded, before that they are blank.
+    seen = np.zeros(x.shape[0], dtype=bool)
+    for g in range(groups - 1, -1, -1):
+        low = parts[g]
+        if not pad:
+            table_row = low
+        elif g == 0:
+            table_row = np.where(seen, low, low + 10000)
+        else:
+            table_row = np.where(seen, low, low + 20000)
+            seen = seen | (low > 0)
+        digits[:, 4 * (groups - 1 - g) : 4 * (groups - g)] = _DIGITS4[table_row]
+    buf[:, col : col + width] = digits[:, 4 * groups - width :]
 
 
 def format_copy_rows(game_id: str, population: Population, chunk: ActivityChunk) -> bytes:

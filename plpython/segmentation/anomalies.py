@@ -18,8 +18,15 @@ Two scores per player:
   their own; others use ``rho = 0`` and the population median of ``||r||^2``. A cluster of
   anomalies (at most ``contamination`` of the players by assumption) therefore cannot make
   itself normal by owning a segment.
-* ``outlier`` - the smallest squared Mahalanobis distance to any segment in axis space
-  (extreme even for the closest segment), z-units^2.
+* ``outlier`` - the smallest *one-sided* squared Mahalanobis distance to any segment in
+  axis space (extreme even for the closest segment), z-units^2. One-sided ("more of the
+  same is not anomalous"): where a segment is characteristically high or low on an axis
+  (``|mean| >= TAIL_Z`` = 0.5 axis sd; ``tail_directions``), a deviation *further* in that
+  direction is not counted. The biggest whale of a few thousand sits 3-4 sd above the whale
+  mean in log-spend - an outlier of any Gaussian segment, yet it is just a bigger whale; a
+  grinder playing 12 h a day is just more of a grinder. Deviations in every other
+  direction count in full, and combinations that break the feature structure (bots,
+  fraud) are caught by ``residual`` regardless.
 
 **Normalisation.** ``score = max(residual / residual_threshold, outlier /
 outlier_threshold)``; ``is_anomaly = score > 1``; ``kind`` is the larger term
@@ -48,6 +55,7 @@ from segmentation.membership import MembershipModel
 
 ROBUST_C = 5.0
 ESTABLISHED_FACTOR = 1.0
+TAIL_Z = 0.5
 _MAD_TO_SIGMA = 1.4826
 # Thresholds and scales are divisors; keep them away from 0 when a score is degenerate
 # (e.g. the residual is identically 0 when every principal component is kept).
@@ -61,7 +69,7 @@ class AnomalyScores:
     """Per-row anomaly results, all (n,): ``score`` (normalised, anomalous when > 1),
     ``is_anomaly`` bool, ``kind`` str in {"off-axis", "outlier", "none"}, ``residual`` (the
     segment-relative off-axis score, dimensionless: 1 = typical for the segment) and
-    ``outlier`` (min squared Mahalanobis distance, z-units^2)."""
+    ``outlier`` (min one-sided squared Mahalanobis distance, z-units^2)."""
 
     score: np.ndarray
     is_anomaly: np.ndarray
@@ -76,8 +84,10 @@ class AnomalyModel:
 
     ``segment_offsets`` (k, p) off-axis centres ``rho_j`` (z-units; zero rows for segments
     that are not established), ``segment_scales`` (k,) off-axis spreads ``s_j`` (z-units^2),
-    thresholds on the residual score (dimensionless) and the outlier score (z-units^2).
-    ``calibration_rate`` is the share flagged on the calibration population.
+    ``tail_directions`` (k, d) in {-1, 0, +1}: the direction on each axis in which a segment
+    is characteristic (sign of its mean where ``|mean| >= TAIL_Z``), used by the one-sided
+    outlier score; thresholds on the residual score (dimensionless) and the outlier score
+    (z-units^2). ``calibration_rate`` is the share flagged on the calibration population.
     """
 
     residual_threshold: float
@@ -85,6 +95,7 @@ class AnomalyModel:
     contamination: float
     segment_offsets: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)), repr=False)
     segment_scales: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    tail_directions: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)), repr=False)
     calibration_rate: float = 0.0
     robust_c: float = ROBUST_C
 
@@ -93,6 +104,19 @@ class AnomalyModel:
         k = self.segment_scales.shape[0]
         self.segment_offsets = np.asarray(self.segment_offsets, dtype=np.float64).reshape(k, -1)
         self.offset_sq = np.einsum("jp,jp->j", self.segment_offsets, self.segment_offsets)
+        self.tail_directions = np.asarray(self.tail_directions, dtype=np.float64).reshape(k, -1)
+
+    def outlier_scores(self, S: np.ndarray, membership: MembershipModel) -> np.ndarray:
+        """One-sided min squared Mahalanobis distance (n,) of axis scores ``S`` (n, d)."""
+        S = np.asarray(S, dtype=np.float64)
+        means = membership.segments.means
+        best = np.full(S.shape[0], np.inf)
+        for j in range(membership.n_segments):
+            delta = S - means[j]
+            delta[delta * self.tail_directions[j] > 0.0] = 0.0
+            y = delta @ membership.precision_cholesky[j]
+            np.minimum(best, np.einsum("id,id->i", y, y), out=best)
+        return best
 
     def residual_scores(self, Z: np.ndarray, primary: np.ndarray, axes: Axes) -> np.ndarray:
         """Segment-relative off-axis score (n,) of ``Z`` (n, p) given primary segments (n,).
@@ -131,10 +155,11 @@ class AnomalyModel:
 
         ``primary`` (n,) defaults to the most probable segment under ``membership``.
         """
-        maha = membership.mahalanobis_sq(S)
         if primary is None:
-            primary = np.argmax(membership.log_norm - 0.5 * maha, axis=1)
-        return self.classify(self.residual_scores(Z, primary, axes), maha.min(axis=1))
+            primary = np.argmax(membership.log_prob(S), axis=1)
+        return self.classify(
+            self.residual_scores(Z, primary, axes), self.outlier_scores(S, membership)
+        )
 
     def classify_one(self, residual: float, outlier: float) -> tuple[float, bool, str]:
         """Scalar version of :meth:`classify`: (score, is_anomaly, kind)."""
@@ -152,6 +177,7 @@ class AnomalyModel:
             "contamination": float(self.contamination),
             "segment_offsets": self.segment_offsets.tolist(),
             "segment_scales": self.segment_scales.tolist(),
+            "tail_directions": self.tail_directions.tolist(),
             "calibration_rate": float(self.calibration_rate),
             "robust_c": float(self.robust_c),
         }
@@ -164,6 +190,7 @@ class AnomalyModel:
             contamination=float(d["contamination"]),
             segment_offsets=np.array(d["segment_offsets"], dtype=np.float64),
             segment_scales=np.array(d["segment_scales"], dtype=np.float64),
+            tail_directions=np.array(d["tail_directions"], dtype=np.float64),
             calibration_rate=float(d.get("calibration_rate", 0.0)),
             robust_c=float(d.get("robust_c", ROBUST_C)),
         )
@@ -204,9 +231,7 @@ def fit_anomaly_model(
         raise ValueError("contamination must be in (0, 0.5)")
     Z = np.asarray(Z, dtype=np.float64)
     k, p = membership.n_segments, Z.shape[1]
-    maha = membership.mahalanobis_sq(S)
-    primary = np.argmax(membership.log_norm - 0.5 * maha, axis=1)
-    outlier = maha.min(axis=1)
+    primary = np.argmax(membership.log_prob(S), axis=1)
     R = Z - (Z @ axes.basis) @ axes.basis.T
     population_scale = max(float(np.median(np.einsum("ip,ip->i", R, R))), _MIN_SCALE)
 
@@ -230,14 +255,17 @@ def fit_anomaly_model(
         centred = members - offsets[j]
         scales[j] = max(float(np.median(np.einsum("ip,ip->i", centred, centred))), _MIN_SCALE)
 
+    means = membership.segments.means
     model = AnomalyModel(
         residual_threshold=1.0,
         outlier_threshold=1.0,
         contamination=float(contamination),
         segment_offsets=offsets,
         segment_scales=scales,
+        tail_directions=np.where(np.abs(means) >= TAIL_Z, np.sign(means), 0.0),
     )
     residual = model.residual_scores(Z, primary, axes)
+    outlier = model.outlier_scores(S, membership)
     t_res = robust_threshold(residual, contamination)
     t_out = robust_threshold(outlier, contamination)
     combined = np.maximum(residual / t_res, outlier / t_out)

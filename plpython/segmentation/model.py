@@ -80,6 +80,9 @@ class _FastScorer:
         self.half_block_sum = -0.5 * np.kron(np.eye(k), np.ones((d, 1)))
         self.anomaly = anomaly
         self.offset_sq = anomaly.offset_sq.tolist()
+        self.means = mm.segments.means
+        self.tail_directions = anomaly.tail_directions
+        self.precision_cholesky = mm.precision_cholesky
         self.segment_scales = anomaly.segment_scales.tolist()
         self.segment_ids = list(taxonomy.segment_ids)
         self.segment_names = list(taxonomy.segment_names)
@@ -113,7 +116,13 @@ class _FastScorer:
         residual = float(x @ x - proj @ proj) - 2.0 * float(out[2 * d + k * d + primary])
         residual += self.offset_sq[primary]
         residual = (residual if residual > 0.0 else 0.0) / self.segment_scales[primary]
-        outlier = -2.0 * float(half_maha.max())
+        # One-sided outlier distance: deviations beyond the segment mean in its
+        # characteristic direction are zeroed before whitening (see anomalies).
+        delta = out[:d] - self.means
+        delta[delta * self.tail_directions > 0.0] = 0.0
+        w = np.matmul(delta[:, None, :], self.precision_cholesky)
+        w *= w
+        outlier = float(w.sum(axis=2).min())
         score, is_anomaly, kind = self.anomaly.classify_one(residual, outlier)
         return {
             "axis_scores": out[:d].tolist(),
@@ -180,14 +189,14 @@ class Taxonomy:
         )
         S = self.axes.scores(Z)
         mm = self.membership
-        maha = mm.mahalanobis_sq(S)
-        log_p = mm.log_norm - 0.5 * maha
+        log_p = mm.log_prob(S)
         log_p -= log_p.max(axis=1, keepdims=True)
         post = np.exp(log_p)
         post /= post.sum(axis=1, keepdims=True)
         primary = np.argmax(post, axis=1)
         anomaly = self.anomaly.classify(
-            self.anomaly.residual_scores(Z, primary, self.axes), maha.min(axis=1)
+            self.anomaly.residual_scores(Z, primary, self.axes),
+            self.anomaly.outlier_scores(S, mm),
         )
         return Scores(
             prepared=Z,
