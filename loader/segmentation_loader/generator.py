@@ -788,108 +788,134 @@ def _copy_escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
 
 
-# Four-digit groups as byte rows, so digits come four at a time from one gather rather
-# than one integer division per digit. Rows [0, 1e4): zero-padded "0042"; rows
-# [1e4, 2e4): space-padded "  42" with 0 as "   0"; rows [2e4, 3e4): the same but 0 as
-# "    " (a leading group that is entirely zero).
-_DIGITS4: Final[NDArray[np.uint8]] = np.frombuffer(
+# Four-digit groups as 4-byte words, so a number is written one 4-digit group per
+# gather instead of one integer division per digit. Words [0, 1e4): zero-padded "0042";
+# [1e4, 2e4): space-padded "  42", 0 as "   0"; [2e4, 3e4): the same but 0 as "    "
+# (a leading group that is entirely zero).
+_GROUP_WORDS: Final[NDArray[np.void]] = np.frombuffer(
     (
         "".join(f"{i:04d}" for i in range(10000))
         + "".join(f"{i:4d}" for i in range(10000))
         + "    "
         + "".join(f"{i:4d}" for i in range(1, 10000))
     ).encode(),
-    dtype=np.uint8,
-).reshape(30000, 4)
+    dtype="V4",
+)
+# Fraction words ".5  " / ".25 " (decimal point, digits, space padding), by decimals.
+_FRACTION_WORDS: Final[dict[int, NDArray[np.void]]] = {
+    dec: np.frombuffer(
+        "".join(f".{i:0{dec}d}".ljust(4) for i in range(10**dec)).encode(), dtype="V4"
+    )
+    for dec in (1, 2, 3)
+}
 
 
-def _put_digits(buf: NDArray[np.uint8], col: int, x: IntArray, width: int, pad: bool) -> None:
-    """Write nonnegative ints ``x`` (r,) right-aligned into ``buf[:, col:col+width]``.
+def _group_words(x: IntArray, groups: int) -> list[NDArray[np.void]]:
+    """Right-aligned, space-padded text of nonnegative ints ``x`` (r,), as 4-byte words.
 
-    With ``pad`` leading zeros become spaces (the last digit always stays, so 0 prints
-    as "0"); without it the field is zero-padded. Values must fit in ``width`` digits.
+    Returns ``groups`` arrays (r,) of ``V4``, most significant first; the value must
+    fit in ``4 * groups`` digits. The last digit is always written, so 0 is "   0".
     """
-    groups = -(-width // 4)
-    parts: list[IntArray] = []
+    lows: list[IntArray] = []
     rest = x
     for _ in range(groups):
         rest, low = np.divmod(rest, 10000)
-        parts.append(low)
-    digits = np.empty((x.shape[0], 4 * groups), dtype=np.uint8)
-    # Walk from the most significant group down; once a nonzero group has been seen the
-    # remaining groups are zero-padded, before that they are blank.
+        lows.append(low)
+    words: list[NDArray[np.void]] = []
+    # Before the first nonzero group the groups are blank, after it zero-padded.
     seen = np.zeros(x.shape[0], dtype=bool)
     for g in range(groups - 1, -1, -1):
-        low = parts[g]
-        if not pad:
-            table_row = low
-        elif g == 0:
-            table_row = np.where(seen, low, low + 10000)
+        low = lows[g]
+        if g == 0:
+            words.append(_GROUP_WORDS[np.where(seen, low, low + 10000)])
         else:
-            table_row = np.where(seen, low, low + 20000)
-            seen = seen | (low > 0)
-        digits[:, 4 * (groups - 1 - g) : 4 * (groups - g)] = _DIGITS4[table_row]
-    buf[:, col : col + width] = digits[:, 4 * groups - width :]
+            words.append(_GROUP_WORDS[np.where(seen, low, low + 20000)])
+            seen |= low > 0
+    return words
+
+
+def _format_block(game_id: str, population: Population, chunk: ActivityChunk) -> NDArray[np.uint8]:
+    """COPY text records of one chunk as a C-contiguous (r, L) byte matrix.
+
+    Each record has the same layout: a fixed text prefix and, inside the JSON object,
+    one 4-byte-aligned slot per 4 digits of each number, right-aligned with spaces
+    (JSON whitespace, dropped by jsonb). The matrix is viewed as a structured array
+    whose fields are those slots, so every field is filled for all rows with one
+    vectorised gather and no per-row Python.
+    """
+    r = chunk.n_rows
+    id_digits = len(str(population.player_ids[0])) - 1
+    head = f"{_copy_escape(game_id)}\t".encode()
+    fields: dict[str, tuple[str, int]] = {}  # field name -> (numpy format, byte offset)
+    text = bytearray(head)
+    fields["pid"] = (f"S{id_digits + 1}", len(text))
+    text += b"p" + b"0" * id_digits + b"\t"
+    fields["date"] = ("S10", len(text))
+    text += b"2000-01-01\t{"
+    values: dict[str, IntArray] = {}
+    groups: dict[str, int] = {}
+    for j, name in enumerate(chunk.metric_names):
+        dec = _DECIMALS.get(name, 2)
+        scaled = np.rint(chunk.values[:, j] * 10**dec).astype(np.int64)
+        whole = scaled // 10**dec if dec else scaled
+        n_groups = max(1, -(-len(str(int(whole.max(initial=0)))) // 4))
+        text += f'"{name}":'.encode()
+        text += b" " * (-len(text) % 4)
+        for g in range(n_groups):
+            fields[f"{name}#{g}"] = ("V4", len(text))
+            text += b"   0"
+        if dec:
+            fields[f"{name}#frac"] = ("V4", len(text))
+            text += b"." + b"0" * dec + b" " * (3 - dec)
+            values[f"{name}#frac"] = scaled - whole * 10**dec
+        values[name] = whole
+        groups[name] = n_groups
+        text += b","
+    text[-1:] = b" "
+    text += b" " * (-(len(text) + 2) % 4) + b"}\n"
+    width = len(text)
+
+    buf = np.empty((r, width), dtype=np.uint8)
+    buf[:] = np.frombuffer(bytes(text), dtype=np.uint8)
+    record = np.dtype(
+        {
+            "names": list(fields),
+            "formats": [f for f, _ in fields.values()],
+            "offsets": [o for _, o in fields.values()],
+            "itemsize": width,
+        }
+    )
+    rec = buf.view(record).reshape(r)
+    lo, hi = chunk.player_start, chunk.player_stop
+    rec["pid"] = population.player_ids[lo:hi].astype(f"S{id_digits + 1}")[chunk.player_index - lo]
+    stamps = np.datetime64(chunk.start_date, "D") + np.arange(population.days).astype(
+        "timedelta64[D]"
+    )
+    rec["date"] = np.datetime_as_string(stamps).astype("S10")[chunk.day_offset]
+    for name in chunk.metric_names:
+        for g, word in enumerate(_group_words(values[name], groups[name])):
+            rec[f"{name}#{g}"] = word
+        if f"{name}#frac" in values:
+            dec = _DECIMALS.get(name, 2)
+            rec[f"{name}#frac"] = _FRACTION_WORDS[dec][values[f"{name}#frac"]]
+    return buf
 
 
 def format_copy_rows(game_id: str, population: Population, chunk: ActivityChunk) -> bytes:
     """COPY text rows for ``segmentation.player_activity`` for one chunk.
 
-    Columns: ``game_id, player_id, activity_date, metrics``. Each record is fixed
-    width within the chunk, built as a (r, L) byte matrix by vectorised digit
-    arithmetic: numbers are right-aligned with leading spaces, which JSON allows as
-    insignificant whitespace (jsonb normalises it away), so no per-row Python runs.
-    Integer metrics are written as integers, minutes with 1 decimal, money with 2.
+    Columns: ``game_id, player_id, activity_date, metrics``; every metric key is
+    present (0 when the player did not do it). Integer metrics are written as
+    integers, minutes with 1 decimal, money with 2. Records are built with vectorised
+    numpy (see ``_format_block``); numbers carry leading spaces, which JSON allows.
 
     Returns:
-        ``r`` newline-terminated records, UTF-8 bytes (about 150 bytes per row for the
+        ``r`` newline-terminated records, UTF-8 (about 170 bytes per row for the
         default shape).
     """
-    r = chunk.n_rows
-    if r == 0:
+    if chunk.n_rows == 0:
         return b""
-    scaled: list[IntArray] = []
-    decimals: list[int] = []
-    for j, name in enumerate(chunk.metric_names):
-        dec = _DECIMALS.get(name, 2)
-        scaled.append(np.rint(chunk.values[:, j] * 10**dec).astype(np.int64))
-        decimals.append(dec)
-    id_width = len(str(population.player_ids[0])) - 1
-
-    parts: list[bytes] = []
-    slots: list[tuple[int, int, int]] = []  # (column, int width, metric j)
-
-    def offset() -> int:
-        return sum(len(p) for p in parts)
-
-    parts.append(f"{_copy_escape(game_id)}\tp".encode())
-    id_col = offset()
-    parts.append(b"0" * id_width + b"\t")
-    date_col = offset()
-    parts.append(b"2000-01-01\t{")
-    for j, name in enumerate(chunk.metric_names):
-        dec = decimals[j]
-        whole = int(scaled[j].max()) // 10**dec
-        width = len(str(max(whole, 0)))
-        parts.append(f'"{name}":'.encode())
-        slots.append((offset(), width, j))
-        parts.append(b" " * width + (b"." + b"0" * dec if dec else b""))
-        parts.append(b"," if j < len(chunk.metric_names) - 1 else b"}\n")
-    template = np.frombuffer(b"".join(parts), dtype=np.uint8)
-
-    buf = np.empty((r, template.shape[0]), dtype=np.uint8)
-    buf[:] = template
-    _put_digits(buf, id_col, chunk.player_index, id_width, pad=False)
-    start = np.datetime64(chunk.start_date, "D")
-    stamps = np.datetime_as_string(start + np.arange(population.days).astype("timedelta64[D]"))
-    date_bytes = np.frombuffer("".join(stamps.tolist()).encode(), dtype=np.uint8).reshape(-1, 10)
-    buf[:, date_col : date_col + 10] = date_bytes[chunk.day_offset]
-    for col, width, j in slots:
-        dec = decimals[j]
-        _put_digits(buf, col, scaled[j] // 10**dec, width, pad=True)
-        if dec:
-            _put_digits(buf, col + width + 1, scaled[j] % 10**dec, dec, pad=False)
-    return buf.tobytes()
+    return _format_block(game_id, population, chunk).tobytes()
 
 
 def _format_labels(game_id: str, population: Population) -> bytes:
@@ -970,7 +996,8 @@ def write_population(
             writer=QueuedLibpqWriter(cur),
         ) as copy:
             for chunk in population.iter_chunks():
-                copy.write(memoryview(format_copy_rows(game_id, population, chunk)))
+                if chunk.n_rows:
+                    copy.write(memoryview(_format_block(game_id, population, chunk).reshape(-1)))
                 rows += chunk.n_rows
         with cur.copy(
             "copy segmentation_lab.planted_labels (game_id, player_id, archetype, mixture)"
