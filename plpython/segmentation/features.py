@@ -86,7 +86,8 @@ def metric_keys_sql() -> str:
     return (
         "SELECT k AS metric, count(*) AS n"
         "  FROM (SELECT metrics FROM segmentation.player_activity"
-        "         WHERE game_id = $1 AND activity_date > $2::date - $3 AND activity_date <= $2::date"
+        "         WHERE game_id = $1"
+        "           AND activity_date > $2::date - $3 AND activity_date <= $2::date"
         f"        LIMIT {METRIC_SAMPLE_ROWS}) s,"
         "       LATERAL jsonb_object_keys(s.metrics) k"
         " GROUP BY k ORDER BY k"

@@ -69,7 +69,8 @@ def _source_expr(plpy: Any, name: str, typ: str) -> str:
 
 
 def _create_population_table(plpy: Any, n_columns: int) -> None:
-    if plpy.execute("SELECT to_regclass('pg_temp.segmentation_population') IS NOT NULL AS e")[0]["e"]:
+    exists = "SELECT to_regclass('pg_temp.segmentation_population') IS NOT NULL AS e"
+    if plpy.execute(exists)[0]["e"]:
         plpy.execute(f"DROP TABLE {POPULATION_TABLE}")
     cols = ", ".join(f"c{i} float8" for i in range(1, n_columns + 1))
     plpy.execute(f"CREATE TEMP TABLE segmentation_population (player_id text, {cols})"

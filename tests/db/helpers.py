@@ -6,7 +6,6 @@ from datetime import date
 from typing import Any
 
 import psycopg
-
 from segmentation_loader.generator import simulate, write_population
 
 AS_OF = date(2026, 6, 30)
@@ -21,7 +20,7 @@ def load_population(conn: psycopg.Connection, game_id: str = "g1", players: int 
 
 def calibrate(conn: psycopg.Connection, game_id: str = "g1", **kwargs: Any) -> dict[str, Any]:
     args = ", ".join(f"{k} => %({k})s" for k in kwargs)
-    sql = f"SELECT segmentation.calibrate_taxonomy(%(g)s, as_of => %(as_of)s" + (
+    sql = "SELECT segmentation.calibrate_taxonomy(%(g)s, as_of => %(as_of)s" + (
         f", {args})" if args else ")")
     return conn.execute(sql, {"g": game_id, "as_of": AS_OF, **kwargs}).fetchone()[0]
 

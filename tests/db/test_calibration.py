@@ -7,8 +7,8 @@ import time
 
 import psycopg
 import pytest
-
 from segmentation.quality import matched_accuracy
+
 from tests.db.helpers import AS_OF, calibrate, load_population, planted_labels
 
 pytestmark = pytest.mark.db
