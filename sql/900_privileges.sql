@@ -12,6 +12,7 @@ REVOKE ALL ON ALL FUNCTIONS IN SCHEMA segmentation FROM PUBLIC;
 GRANT USAGE ON SCHEMA segmentation TO segmentation_reader, segmentation_app, segmentation_admin;
 
 GRANT SELECT ON segmentation.player_current_segment, segmentation.player_memberships_long,
+                segmentation.player_anomalies,
                 segmentation.segment_summary, segmentation.segment_transitions,
                 segmentation.settings, segmentation.game_behavioral_taxonomy,
                 segmentation.behavioral_axes, segmentation.segment_definitions

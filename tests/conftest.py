@@ -44,11 +44,24 @@ def _install_template(host: str, port: int, user: str, dbname: str, password: st
 segmentation_server = factories.postgresql_noproc(
     host=HOST, port=PORT, user=USER, password=PASSWORD, dbname="seg_test",
     load=[_install_template])
-db = factories.postgresql("segmentation_server")
+_db = factories.postgresql("segmentation_server")
 
 bare_server = factories.postgresql_noproc(
     host=HOST, port=PORT, user=USER, password=PASSWORD, dbname="seg_bare")
 bare_db = factories.postgresql("bare_server")
+
+
+@pytest.fixture
+def db(_db: psycopg.Connection) -> psycopg.Connection:
+    """The per-test clone. Database-level settings are not cloned from the template, so a
+    non-default library directory is set again (the loader sets it on install)."""
+    from segmentation_loader.library import DEFAULT_BASE
+
+    if LIB_DIR != DEFAULT_BASE:
+        _db.autocommit = True
+        _db.execute(f'ALTER DATABASE "{_db.info.dbname}" SET segmentation.python_lib_dir'
+                    f" = '{LIB_DIR}'")
+    return _db
 
 
 @pytest.fixture

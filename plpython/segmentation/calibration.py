@@ -40,7 +40,7 @@ from segmentation.segments import fit_segments
 
 @dataclass
 class CalibrationOptions:
-    """Calibration settings. ``n_segments == 0`` selects k automatically (BIC knee).
+    """Calibration settings. ``n_segments == 0`` selects k automatically (BIC elbow).
 
     ``stability_sample`` caps the rows used by the bootstrap stability check (refits are
     the most expensive quality step); ``max_centroid_distance`` overrides the continuity
@@ -91,6 +91,17 @@ class CalibrationResult:
 
 def _none_if_nan(x: float) -> float | None:
     return None if not np.isfinite(x) else float(x)
+
+
+def _json_safe(value: Any) -> Any:
+    """Replace NaN/inf floats (no JSON representation) by None, recursively."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float | np.floating):
+        return _none_if_nan(float(value))
+    return value
 
 
 def _profiles(
@@ -341,8 +352,8 @@ def calibrate(
         report=report,
         scores=scores,
         profiles=profiles,
-        quality=quality,
-        k_curve=fit.k_curve,
+        quality=_json_safe(quality),
+        k_curve=_json_safe(fit.k_curve),
         drift_reference=drift_reference,
         timings=timings,
         lineage=lineage,

@@ -7,7 +7,7 @@ Default verdict thresholds (:data:`DEFAULT_THRESHOLDS`, each overridable):
 
 * feature / axis PSI: ``< 0.10`` ok, ``0.10 - 0.25`` watch, ``> 0.25`` recalibrate;
 * segment share shift (absolute, share points): ``> 0.05`` watch, ``> 0.10`` recalibrate;
-* anomaly rate ``> 3 x contamination``: recalibrate;
+* anomaly rate ``> 3 x max(contamination, calibration anomaly rate)``: recalibrate;
 * variance explained by the axes dropping by ``> 0.10`` (absolute share): recalibrate.
 
 The verdict is the worst level triggered: ``"ok" < "watch" < "recalibrate"``.
@@ -110,6 +110,9 @@ def drift_report(
         flags = np.asarray(anomaly_flags, dtype=bool)
         report["anomaly_rate"] = float(flags.mean()) if flags.size else 0.0
         report["contamination"] = float(reference.get("contamination", 0.0))
+        # The calibration population's own rate is the baseline when it was already above
+        # the contamination rate (e.g. it held planted or real anomalies).
+        report["reference_anomaly_rate"] = float(reference.get("anomaly_rate", 0.0))
     if variance_explained is not None and "variance_explained" in reference:
         report["variance_explained"] = {
             "reference": float(reference["variance_explained"]),
@@ -156,7 +159,9 @@ def drift_verdict(
             flag(1, f"{msg} > {t['share_watch']:.2f})")
 
     if "anomaly_rate" in report and report.get("contamination"):
-        limit = t["anomaly_rate_factor"] * float(report["contamination"])
+        baseline = max(float(report["contamination"]),
+                       float(report.get("reference_anomaly_rate", 0.0)))
+        limit = t["anomaly_rate_factor"] * baseline
         if report["anomaly_rate"] > limit:
             flag(2, f"anomaly rate {report['anomaly_rate']:.4f} > {limit:.4f}")
 

@@ -51,7 +51,7 @@ def separation(S: np.ndarray, labels: np.ndarray, sample: int = 5000, seed: int 
     labels = np.asarray(labels)
     n = S.shape[0]
     if len(np.unique(labels)) < 2:
-        return {"silhouette": float("nan"), "davies_bouldin": float("nan"), "sample": 0}
+        return {"silhouette": float("nan"), "davies_bouldin": float("nan"), "silhouette_sample": 0}
     idx = np.arange(n)
     if n > sample:
         idx = np.sort(np.random.default_rng(seed).choice(n, sample, replace=False))
@@ -61,7 +61,7 @@ def separation(S: np.ndarray, labels: np.ndarray, sample: int = 5000, seed: int 
     return {
         "silhouette": sil,
         "davies_bouldin": float(davies_bouldin_score(S, labels)),
-        "sample": len(idx),
+        "silhouette_sample": len(idx),
     }
 
 

@@ -592,3 +592,95 @@ def categorize_all(plpy: Any, GD: dict, game_id: str, as_of: str | None) -> str:
     _finish_run(plpy, run_id, result, active_id)
     _log(plpy, run_id, f"categorized {done} players in {timings['total']:.2f}s")
     return taxonomy_store.dumps(result)
+
+
+# -------------------------------------------------------------------- anomalies, drift
+
+
+def _stage_window(plpy: Any, game_id: str, as_of: str, recipe: FeatureRecipe) -> int:
+    if recipe.kind == "activity":
+        n, _ = population.stage_activity(plpy, game_id, as_of, recipe, with_invalid=False)
+    else:
+        source = population.registered_source(plpy, game_id)
+        if source is None:
+            raise InvalidFeatures("the taxonomy's feature source is no longer registered",
+                                  hint="Register it again or recalibrate.")
+        n = population.stage_source(plpy, source, recipe)
+    if n == 0:
+        raise EmptyWindow(f"game {game_id!r} has no players in the window up to {as_of}",
+                          hint="Pass a later as_of.")
+    return n
+
+
+@reports_errors
+def detect_anomalies(plpy: Any, GD: dict, game_id: str, as_of: str | None,
+                     min_score: float | None) -> list[dict[str, Any]]:
+    from segmentation.anomalies import reasons
+
+    game_id = _check_game_id(game_id)
+    if as_of is None:
+        raise InvalidArgument("as_of must not be NULL", hint="Omit it for current_date.")
+    entry = cached_taxonomy(plpy, GD, game_id)
+    tax, recipe = entry.taxonomy, entry.recipe
+    _stage_window(plpy, game_id, as_of, recipe)
+    population.index_population(plpy)
+    threshold = 1.0 if min_score is None else float(min_score)
+    found: list[dict[str, Any]] = []
+    after = ""
+    while True:
+        ids, X = population.fetch(plpy, recipe, limit=BATCH_CHUNK, after=after)
+        if not ids:
+            break
+        s = tax.score(X, recipe.feature_names)
+        for i in np.flatnonzero(s.anomaly.score >= threshold):
+            kind = str(s.anomaly.kind[i])
+            found.append({
+                "player_id": ids[i],
+                "anomaly_score": float(s.anomaly.score[i]),
+                "kind": kind if kind != "none" else "outlier",
+                "reasons": taxonomy_store.dumps(reasons(
+                    s.prepared[i], tax.feature_names, tax.axes, top=3, kind=kind)),
+                "nearest_segment": tax.segment_names[int(s.primary[i])],
+            })
+        after = ids[-1]
+    found.sort(key=lambda r: -r["anomaly_score"])
+    return found
+
+
+@reports_errors
+def taxonomy_drift(plpy: Any, GD: dict, game_id: str, as_of: str | None) -> str:
+    from segmentation.drift import drift_report, drift_verdict
+
+    game_id = _check_game_id(game_id)
+    if as_of is None:
+        raise InvalidArgument("as_of must not be NULL", hint="Omit it for current_date.")
+    settings = read_settings(plpy)
+    entry = cached_taxonomy(plpy, GD, game_id)
+    tax, recipe = entry.taxonomy, entry.recipe
+    reference = taxonomy_store.load_document(plpy, entry.taxonomy_id)["drift_reference"]
+    n = _stage_window(plpy, game_id, as_of, recipe)
+    cap = int(settings["calibration_sample_size"])
+    ids, X = population.fetch(plpy, recipe, limit=cap if n > cap else None,
+                              seed=int(settings["random_seed"]))
+    s = tax.score(X, recipe.feature_names)
+    report = drift_report(
+        reference,
+        features={f: s.prepared[:, i] for i, f in enumerate(tax.feature_names)},
+        axes={a: s.axis_scores[:, i] for i, a in enumerate(tax.axes.names)},
+        segment_ids=s.segment_id,
+        anomaly_flags=s.anomaly.is_anomaly,
+        variance_explained=tax.axes.explained_share(s.prepared),
+    )
+    verdict, why = drift_verdict(report, {
+        "psi_watch": settings["drift_psi_watch"],
+        "psi_recalibrate": settings["drift_psi_recalibrate"],
+        "share_watch": settings["drift_share_watch"],
+        "share_recalibrate": settings["drift_share_recalibrate"],
+    })
+    names = dict(zip((str(i) for i in tax.segment_ids), tax.segment_names, strict=True))
+    if "segment_shares" in report:
+        for key, shares in report["segment_shares"].items():
+            shares["name"] = names.get(key)
+    return taxonomy_store.dumps({
+        "game_id": game_id, "taxonomy_id": entry.taxonomy_id, "as_of": as_of,
+        "players": len(ids), "verdict": verdict, "reasons": why, **report})
