@@ -15,7 +15,8 @@ GRANT SELECT ON segmentation.player_current_segment, segmentation.player_members
                 segmentation.player_anomalies,
                 segmentation.segment_summary, segmentation.segment_transitions,
                 segmentation.settings, segmentation.game_behavioral_taxonomy,
-                segmentation.behavioral_axes, segmentation.segment_definitions
+                segmentation.behavioral_axes, segmentation.segment_definitions,
+                segmentation.runs
    TO segmentation_reader;
 GRANT EXECUTE ON FUNCTION segmentation.version(), segmentation.health(), segmentation.ready(),
                           segmentation.live(), segmentation.python_runtime(),

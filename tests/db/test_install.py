@@ -158,3 +158,33 @@ def test_status_without_server_says_what_to_do() -> None:
     result = _cli("status", "--dsn", server_dsn("postgres", port=1))
     assert result.returncode == 1
     assert "cannot connect" in result.stderr and "hint:" in result.stderr
+
+
+def test_install_into_database_owned_by_an_application_role(conn: psycopg.Connection) -> None:
+    owner, dbname = "seg_test_owner", "seg_test_owned"
+    conn.execute(f"DROP DATABASE IF EXISTS {dbname}")
+    conn.execute(f"DROP ROLE IF EXISTS {owner}")
+    conn.execute(f"CREATE ROLE {owner} LOGIN NOSUPERUSER")
+    conn.execute(f"CREATE DATABASE {dbname} OWNER {owner}")
+    try:
+        install.install(server_dsn(dbname), lib_base=LIB_DIR)
+        with psycopg.connect(server_dsn(dbname, user=owner), autocommit=True) as app:
+            # Owning the database grants nothing inside the segmentation schema ...
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                app.execute("SELECT segmentation.health()")
+            # ... and an untrusted language stays out of reach of non-superusers.
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                app.execute("CREATE FUNCTION public.f() RETURNS int LANGUAGE plpython3u"
+                            " AS 'return 1'")
+        conn.execute(f"GRANT segmentation_app TO {owner}")
+        with psycopg.connect(server_dsn(dbname, user=owner), autocommit=True) as app:
+            assert app.execute("SELECT segmentation.health()").fetchone()[0]["status"] == "healthy"
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                app.execute("SELECT segmentation.calibrate_taxonomy('g')")
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                app.execute("INSERT INTO segmentation.game_behavioral_taxonomy (game_id)"
+                            " VALUES ('g')")
+    finally:
+        conn.execute(f"DROP DATABASE IF EXISTS {dbname} WITH (FORCE)")
+        conn.execute(f"DROP OWNED BY {owner}")
+        conn.execute(f"DROP ROLE IF EXISTS {owner}")
