@@ -3,21 +3,24 @@
 Two scores per player:
 
 * ``residual`` (off-axis) - how far the player's feature *combination* lies off the
-  behaviour axes, i.e. breaks the correlation structure (24 h of play a day with thousands
-  of sessions, heavy buying with no play). With ``r = z - z B B^T`` the off-axis part of
-  the standardised row and ``j`` the player's primary segment, the score is
-  ``||r - rho_j||^2 / s_j``: distance from the segment's own off-axis centre ``rho_j``
-  (mean ``r`` of its members) in units of its typical off-axis spread ``s_j`` (median of
-  ``||r - rho_j||^2`` over its members) - a shared-basis mixture of probabilistic PCAs.
-  This matters for heterogeneous but legitimate segments: whales vary in price per
-  purchase, which no population axis describes, so a global residual flags the biggest
-  spenders merely for spending. ``rho_j`` and ``s_j`` are estimated only from members in
-  the bulk of the population residual ``||r||^2`` (see the threshold rule), so anomalies
-  sharing a segment do not widen it; and **only established segments** - at least
-  ``ESTABLISHED_FACTOR x contamination`` (1x) of all players are such bulk members - get
-  their own; others use ``rho = 0`` and the population median of ``||r||^2``. A cluster of
-  anomalies (at most ``contamination`` of the players by assumption) therefore cannot make
-  itself normal by owning a segment.
+  behaviour axes, i.e. breaks the correlation structure (24 h of play a day with hundreds
+  of sessions, heavy buying without play). ``u = z V`` are the coordinates of the
+  standardised row in the off-axis complement of the axes (``residual_basis`` V, p x m,
+  the components PCA discarded), so ``||u||^2 = ||z - z B B^T||^2`` is the squared
+  reconstruction error.
+
+  The score is segment-relative: ``||u - rho_j||^2 / s_j`` for the player's primary segment
+  j, with ``rho_j`` the segment's off-axis centre (coordinate-wise median of its members'
+  ``u``) and ``s_j`` its typical spread (median of ``||u - rho_j||^2``) - a shared-basis
+  mixture of probabilistic PCAs. This matters for heterogeneous but legitimate segments:
+  whales vary in price per purchase, which no population axis describes, so a global
+  residual flags the biggest spenders merely for spending. ``rho_j`` and ``s_j`` come only
+  from members in the bulk of the population's ``||u||^2`` (threshold rule below), so
+  anomalies sharing a segment do not widen it, and **only established segments** - at
+  least half of the members (and ``MIN_ESTABLISHED`` = 20) are in that bulk - get their
+  own; others use ``rho = 0`` and the population median of ``||u||^2``. Bots and fraud are
+  gross outliers of the population residual, so a cluster of them cannot make itself
+  normal by owning a segment, while a small legitimate segment (1% whales) can.
 * ``outlier`` - the smallest *one-sided* squared Mahalanobis distance to any segment in
   axis space (extreme even for the closest segment), z-units^2. One-sided ("more of the
   same is not anomalous"): where a segment is characteristically high or low on an axis
@@ -38,8 +41,11 @@ with ``q > m + ROBUST_C * s`` are gross outliers, the rest is the bulk. Each thr
 starts as the ``(1 - contamination)`` bulk quantile of its score; both are then multiplied
 by the ``(1 - contamination)`` bulk quantile of the combined score so that the combined
 false-alarm rate within the bulk is ``contamination`` (two separate 1% thresholds would flag
-~2%). Gross outliers are always flagged, and planted anomalies cannot raise the thresholds
-above themselves as a plain quantile would let 2% of bots hide behind a 1% quantile.
+~2%). Gross outliers are flagged, so planted anomalies cannot raise the thresholds above
+themselves (a plain 99% quantile lets 2% of bots hide). Safety cap: if that would flag more
+than ``MAX_FLAG_FACTOR x contamination`` (5x) of the calibration population, thresholds
+are raised to flag exactly that share - so many "gross outliers" are structure the axes
+miss (raise ``variance_threshold``), not anomalies.
 """
 
 from __future__ import annotations
@@ -54,8 +60,10 @@ from segmentation.axes import Axes
 from segmentation.membership import MembershipModel
 
 ROBUST_C = 5.0
-ESTABLISHED_FACTOR = 1.0
+ESTABLISHED_SHARE = 0.5
+MIN_ESTABLISHED = 20
 TAIL_Z = 0.5
+MAX_FLAG_FACTOR = 5.0
 _MAD_TO_SIGMA = 1.4826
 # Thresholds and scales are divisors; keep them away from 0 when a score is degenerate
 # (e.g. the residual is identically 0 when every principal component is kept).
@@ -80,19 +88,21 @@ class AnomalyScores:
 
 @dataclass
 class AnomalyModel:
-    """Frozen anomaly model for k segments over p prepared features.
+    """Frozen anomaly model for k segments, d axes, p prepared features (module docstring).
 
-    ``segment_offsets`` (k, p) off-axis centres ``rho_j`` (z-units; zero rows for segments
-    that are not established), ``segment_scales`` (k,) off-axis spreads ``s_j`` (z-units^2),
-    ``tail_directions`` (k, d) in {-1, 0, +1}: the direction on each axis in which a segment
-    is characteristic (sign of its mean where ``|mean| >= TAIL_Z``), used by the one-sided
-    outlier score; thresholds on the residual score (dimensionless) and the outlier score
-    (z-units^2). ``calibration_rate`` is the share flagged on the calibration population.
+    ``residual_basis`` (p, m) orthonormal basis of the off-axis complement (m = p - d);
+    ``segment_offsets`` (k, m) off-axis centres ``rho_j`` in those coordinates (zero rows
+    for segments that are not established);
+    ``segment_scales`` (k,) off-axis spreads ``s_j``; ``tail_directions`` (k, d) in
+    {-1, 0, +1}, the direction in which each segment is characteristic on each axis;
+    ``residual_threshold`` (dimensionless) and ``outlier_threshold`` (z-units^2);
+    ``calibration_rate`` is the share flagged on the calibration population.
     """
 
     residual_threshold: float
     outlier_threshold: float
     contamination: float
+    residual_basis: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)), repr=False)
     segment_offsets: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)), repr=False)
     segment_scales: np.ndarray = field(default_factory=lambda: np.zeros(0))
     tail_directions: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)), repr=False)
@@ -102,9 +112,23 @@ class AnomalyModel:
     def __post_init__(self) -> None:
         self.segment_scales = np.asarray(self.segment_scales, dtype=np.float64).reshape(-1)
         k = self.segment_scales.shape[0]
-        self.segment_offsets = np.asarray(self.segment_offsets, dtype=np.float64).reshape(k, -1)
-        self.offset_sq = np.einsum("jp,jp->j", self.segment_offsets, self.segment_offsets)
-        self.tail_directions = np.asarray(self.tail_directions, dtype=np.float64).reshape(k, -1)
+        self.residual_basis = np.asarray(self.residual_basis, dtype=np.float64)
+        if self.residual_basis.ndim != 2:
+            raise ValueError("residual_basis must be a (p, m) matrix")
+        m = self.residual_basis.shape[1]
+        self.segment_offsets = np.asarray(self.segment_offsets, dtype=np.float64).reshape(k, m)
+        self.tail_directions = np.asarray(self.tail_directions, dtype=np.float64)
+        self.tail_directions = self.tail_directions.reshape(k, self.tail_directions.size // k)
+
+    def residual_coordinates(self, Z: np.ndarray) -> np.ndarray:
+        """Off-axis coordinates ``u`` (n, m) of standardised ``Z`` (n, p)."""
+        return np.asarray(Z, dtype=np.float64) @ self.residual_basis
+
+    def residual_scores(self, Z: np.ndarray, primary: np.ndarray) -> np.ndarray:
+        """Segment-relative off-axis score ``||u - rho_j||^2 / s_j`` (n,), j = ``primary``."""
+        primary = np.asarray(primary, dtype=np.intp)
+        dev = self.residual_coordinates(Z) - self.segment_offsets[primary]
+        return np.einsum("im,im->i", dev, dev) / self.segment_scales[primary]
 
     def outlier_scores(self, S: np.ndarray, membership: MembershipModel) -> np.ndarray:
         """One-sided min squared Mahalanobis distance (n,) of axis scores ``S`` (n, d)."""
@@ -117,18 +141,6 @@ class AnomalyModel:
             y = delta @ membership.precision_cholesky[j]
             np.minimum(best, np.einsum("id,id->i", y, y), out=best)
         return best
-
-    def residual_scores(self, Z: np.ndarray, primary: np.ndarray, axes: Axes) -> np.ndarray:
-        """Segment-relative off-axis score (n,) of ``Z`` (n, p) given primary segments (n,).
-
-        ``||r - rho_j||^2 = ||r||^2 - 2 z.rho_j + ||rho_j||^2`` because ``rho_j`` lies in the
-        off-axis complement (it is a mean of residuals), so ``r.rho_j = z.rho_j``.
-        """
-        Z = np.asarray(Z, dtype=np.float64)
-        primary = np.asarray(primary, dtype=np.intp)
-        cross = np.einsum("ip,ip->i", Z, self.segment_offsets[primary])
-        r2 = axes.residual_sq(Z) - 2.0 * cross + self.offset_sq[primary]
-        return np.maximum(r2, 0.0) / self.segment_scales[primary]
 
     def classify(self, residual: np.ndarray, outlier: np.ndarray) -> AnomalyScores:
         """Normalise residual and outlier scores (n,) against the thresholds."""
@@ -153,13 +165,14 @@ class AnomalyModel:
     ) -> AnomalyScores:
         """Score ``Z`` (n, p) with axis scores ``S = axes.scores(Z)`` (n, d).
 
-        ``primary`` (n,) defaults to the most probable segment under ``membership``.
+        ``primary`` (n,) defaults to the most probable segment under ``membership``. ``axes``
+        is only checked for consistency: the off-axis basis is frozen in the model.
         """
+        if axes.weights.shape[0] != self.residual_basis.shape[0]:
+            raise ValueError("anomaly model and axes disagree on the number of features")
         if primary is None:
             primary = np.argmax(membership.log_prob(S), axis=1)
-        return self.classify(
-            self.residual_scores(Z, primary, axes), self.outlier_scores(S, membership)
-        )
+        return self.classify(self.residual_scores(Z, primary), self.outlier_scores(S, membership))
 
     def classify_one(self, residual: float, outlier: float) -> tuple[float, bool, str]:
         """Scalar version of :meth:`classify`: (score, is_anomaly, kind)."""
@@ -175,6 +188,7 @@ class AnomalyModel:
             "residual_threshold": float(self.residual_threshold),
             "outlier_threshold": float(self.outlier_threshold),
             "contamination": float(self.contamination),
+            "residual_basis": self.residual_basis.tolist(),
             "segment_offsets": self.segment_offsets.tolist(),
             "segment_scales": self.segment_scales.tolist(),
             "tail_directions": self.tail_directions.tolist(),
@@ -188,6 +202,7 @@ class AnomalyModel:
             residual_threshold=float(d["residual_threshold"]),
             outlier_threshold=float(d["outlier_threshold"]),
             contamination=float(d["contamination"]),
+            residual_basis=np.array(d["residual_basis"], dtype=np.float64),
             segment_offsets=np.array(d["segment_offsets"], dtype=np.float64),
             segment_scales=np.array(d["segment_scales"], dtype=np.float64),
             tail_directions=np.array(d["tail_directions"], dtype=np.float64),
@@ -219,6 +234,23 @@ def robust_threshold(values: np.ndarray, contamination: float, robust_c: float =
     return max(float(np.quantile(bulk, 1.0 - contamination)), _MIN_SCALE)
 
 
+def _off_axis_basis(Z: np.ndarray, basis: np.ndarray) -> np.ndarray:
+    """Orthonormal basis (p, m) of the complement of ``basis`` (p, d), m = p - d.
+
+    The principal directions of the off-axis part of ``Z``, with fixed signs, so the stored
+    model is reproducible bit for bit.
+    """
+    p, d = basis.shape
+    m = p - d
+    if m == 0:
+        return np.zeros((p, 0))
+    P = np.eye(p) - basis @ basis.T
+    C = P @ ((Z.T @ Z) / Z.shape[0]) @ P
+    eigval, eigvec = np.linalg.eigh((C + C.T) / 2.0)
+    V = eigvec[:, np.argsort(-eigval, kind="stable")[:m]]
+    return V * np.where(V[np.argmax(np.abs(V), axis=0), np.arange(m)] < 0, -1.0, 1.0)
+
+
 def fit_anomaly_model(
     Z: np.ndarray,
     S: np.ndarray,
@@ -230,47 +262,50 @@ def fit_anomaly_model(
     if not 0.0 < contamination < 0.5:
         raise ValueError("contamination must be in (0, 0.5)")
     Z = np.asarray(Z, dtype=np.float64)
-    k, p = membership.n_segments, Z.shape[1]
+    k = membership.n_segments
     primary = np.argmax(membership.log_prob(S), axis=1)
-    R = Z - (Z @ axes.basis) @ axes.basis.T
-    population_scale = max(float(np.median(np.einsum("ip,ip->i", R, R))), _MIN_SCALE)
+    basis = _off_axis_basis(Z, axes.basis)
+    U = Z @ basis
+    m = U.shape[1]
+    norm_sq = np.einsum("im,im->i", U, U)
+    population_scale = max(float(np.median(norm_sq)), _MIN_SCALE)
 
-    offsets = np.zeros((k, p))
+    offsets = np.zeros((k, m))
     scales = np.full(k, population_scale)
     # Segment centres and spreads come from members inside the population's residual bulk:
     # anomalies sharing a segment with legitimate players must not widen it.
-    bulk = bulk_mask(np.einsum("ip,ip->i", R, R))
-    n = Z.shape[0]
+    bulk = bulk_mask(norm_sq)
     for j in range(k):
-        in_bulk = bulk & (primary == j)
+        members = primary == j
+        in_bulk = bulk & members
         count = int(in_bulk.sum())
-        if count < max(2, p + 1) or count < ESTABLISHED_FACTOR * contamination * n:
+        if count < max(MIN_ESTABLISHED, m + 1) or count < ESTABLISHED_SHARE * members.sum():
             continue
-        members = R[in_bulk]
         # Coordinate-wise median: anomalies sharing an established segment (fraud next to
-        # whales) must not drag its centre. Projected back into the off-axis complement,
-        # which residual_scores relies on.
-        centre = np.median(members, axis=0)
-        offsets[j] = centre - axes.basis @ (axes.basis.T @ centre)
-        centred = members - offsets[j]
-        scales[j] = max(float(np.median(np.einsum("ip,ip->i", centred, centred))), _MIN_SCALE)
+        # whales) must not drag its centre.
+        offsets[j] = np.median(U[in_bulk], axis=0)
+        dev = U[in_bulk] - offsets[j]
+        scales[j] = max(float(np.median(np.einsum("im,im->i", dev, dev))), _MIN_SCALE)
 
     means = membership.segments.means
     model = AnomalyModel(
         residual_threshold=1.0,
         outlier_threshold=1.0,
         contamination=float(contamination),
+        residual_basis=basis,
         segment_offsets=offsets,
         segment_scales=scales,
         tail_directions=np.where(np.abs(means) >= TAIL_Z, np.sign(means), 0.0),
     )
-    residual = model.residual_scores(Z, primary, axes)
+    residual = model.residual_scores(Z, primary)
     outlier = model.outlier_scores(S, membership)
     t_res = robust_threshold(residual, contamination)
     t_out = robust_threshold(outlier, contamination)
     combined = np.maximum(residual / t_res, outlier / t_out)
-    bulk = bulk_mask(residual) & bulk_mask(outlier)
-    factor = float(np.quantile(combined[bulk], 1.0 - contamination)) if bulk.any() else 1.0
+    in_bulk = bulk_mask(residual) & bulk_mask(outlier)
+    factor = float(np.quantile(combined[in_bulk], 1.0 - contamination)) if in_bulk.any() else 1.0
+    cap = float(np.quantile(combined, 1.0 - min(MAX_FLAG_FACTOR * contamination, 1.0)))
+    factor = max(factor, cap, _MIN_SCALE)
     model.residual_threshold = t_res * factor
     model.outlier_threshold = t_out * factor
     model.calibration_rate = float(model.classify(residual, outlier).is_anomaly.mean())
@@ -283,22 +318,26 @@ def reasons(
     axes: Axes,
     top: int = 3,
     kind: str | None = None,
-    offset: np.ndarray | None = None,
+    anomaly: AnomalyModel | None = None,
+    segment: int | None = None,
 ) -> list[dict[str, Any]]:
     """Features that explain one player's anomaly, strongest first (at most ``top``).
 
-    ``z_row`` (p,) is the standardised row; ``offset`` (p,) the primary segment's off-axis
-    centre (``AnomalyModel.segment_offsets[j]``, default 0). For ``kind == "off-axis"``
-    features are ranked by |off-axis component - offset| (what breaks the usual feature
-    combination); otherwise by |z| (what is extreme). Each dict: ``feature``, ``z``,
-    ``residual`` (off-axis component relative to the segment, z-units), ``direction``
-    ("high" | "low": sign of the ranking quantity, i.e. relative to the population, or for
-    off-axis relative to what the player's axis scores and segment predict).
+    ``z_row`` (p,) is the standardised row. For ``kind == "off-axis"`` features are ranked by
+    |off-axis deviation| (what breaks the usual feature combination); otherwise by |z| (what
+    is extreme). The off-axis deviation is ``z - z B B^T``, or - given the ``anomaly`` model
+    and the player's primary ``segment`` - the segment-relative deviation that the off-axis
+    score measures, mapped back to features (``V (u - rho_j)``). Each dict:
+    ``feature``, ``z``, ``residual`` (that deviation, z-units), ``direction`` ("high" |
+    "low": sign of the ranking quantity - relative to the population, or for off-axis
+    relative to what the player's axis scores and segment predict).
     """
     z = np.asarray(z_row, dtype=np.float64).reshape(-1)
-    resid = z - axes.basis @ (axes.basis.T @ z)
-    if offset is not None:
-        resid = resid - np.asarray(offset, dtype=np.float64).reshape(-1)
+    if anomaly is not None and segment is not None:
+        u = z @ anomaly.residual_basis
+        resid = anomaly.residual_basis @ (u - anomaly.segment_offsets[int(segment)])
+    else:
+        resid = z - axes.basis @ (axes.basis.T @ z)
     signed = resid if kind == "off-axis" else z
     order = np.argsort(-np.abs(signed), kind="stable")[: max(0, int(top))]
     return [

@@ -14,13 +14,14 @@ centres (distance 0) and every segment keeps its id. Distances use only the feat
 taxonomies keep. Matched segments inherit id and name; unmatched ones get ids
 ``max(previous ids) + 1, ...`` in segment order; without a previous taxonomy ids are
 ``1..k``. The maximum matching distance defaults to
-:func:`segmentation.continuity.default_max_distance`.
+:func:`segmentation.continuity.default_max_distance` (half the distance to the nearest
+neighbouring segment on either side).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -171,7 +172,7 @@ def _continuity(
     prev_z, _ = prep.transform(prev_in_new)
     new_z, _ = prep.transform(taxonomy.centroids_raw())
     prev_z, new_z = prev_z[:, common], new_z[:, common]
-    limit = default_max_distance(new_z) if max_distance is None else max_distance
+    limit = default_max_distance(prev_z, new_z) if max_distance is None else max_distance
     return match_segments(prev_z, new_z, limit)
 
 
@@ -324,7 +325,7 @@ def calibrate(
             else np.sort(rng.choice(n, opts.stability_sample, replace=False))
         )
 
-        def refit(S_boot: np.ndarray) -> Any:
+        def refit(S_boot: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
             seg = fit_segments(S_boot, k, opts.seed, n_init=1).segments
             return lambda S_eval: MembershipModel(seg).posteriors(S_eval).argmax(axis=1)
 

@@ -127,9 +127,9 @@ def drift_verdict(
     """Verdict ``"ok" | "watch" | "recalibrate"`` and human-readable reasons for a report.
 
     ``report`` keys (all optional): ``features``/``axes`` (name -> PSI), ``segment_shares``
-    (id -> {"reference", "current"}), ``anomaly_rate`` with ``contamination``, and
-    ``variance_explained`` ({"reference", "current"}). ``thresholds`` overrides entries of
-    :data:`DEFAULT_THRESHOLDS`.
+    (id -> {"reference", "current"}), ``anomaly_rate`` with ``contamination`` (and
+    optionally ``reference_anomaly_rate``), and ``variance_explained`` ({"reference",
+    "current"}). ``thresholds`` overrides entries of :data:`DEFAULT_THRESHOLDS`.
     """
     t = {**DEFAULT_THRESHOLDS, **(thresholds or {})}
     level = 0
@@ -159,8 +159,9 @@ def drift_verdict(
             flag(1, f"{msg} > {t['share_watch']:.2f})")
 
     if "anomaly_rate" in report and report.get("contamination"):
-        baseline = max(float(report["contamination"]),
-                       float(report.get("reference_anomaly_rate", 0.0)))
+        baseline = max(
+            float(report["contamination"]), float(report.get("reference_anomaly_rate", 0.0))
+        )
         limit = t["anomaly_rate_factor"] * baseline
         if report["anomaly_rate"] > limit:
             flag(2, f"anomaly rate {report['anomaly_rate']:.4f} > {limit:.4f}")

@@ -62,24 +62,19 @@ class _FastScorer:
         d, k = axes.n_axes, mm.n_segments
         self.d, self.k = d, k
         anomaly = taxonomy.anomaly
-        # One product z @ fused gives [axis scores | basis projection | whitened segment
-        # offsets | z . rho_j for the off-axis segment centres].
+        m = anomaly.residual_basis.shape[1]
+        self.m = m
+        # One product z @ fused gives [axis scores (d) | off-axis coordinates (m) |
+        # whitened offsets to every segment (k*d)].
         self.fused = np.ascontiguousarray(
-            np.hstack(
-                [
-                    axes.weights,
-                    axes.basis,
-                    axes.weights @ mm.stacked_precision,
-                    anomaly.segment_offsets.T,
-                ]
-            )
+            np.hstack([axes.weights, anomaly.residual_basis, axes.weights @ mm.stacked_precision])
         )
-        self.offset = np.concatenate([np.zeros(2 * d), mm.stacked_offset, np.zeros(k)])
+        self.offset = np.concatenate([np.zeros(d + m), mm.stacked_offset])
         self.log_norm = mm.log_norm
         # y*y @ half_block_sum = -||y_j||^2 / 2 per segment: block sum and scaling in one product.
         self.half_block_sum = -0.5 * np.kron(np.eye(k), np.ones((d, 1)))
         self.anomaly = anomaly
-        self.offset_sq = anomaly.offset_sq.tolist()
+        self.segment_offsets = anomaly.segment_offsets
         self.means = mm.segments.means
         self.tail_directions = anomaly.tail_directions
         self.precision_cholesky = mm.precision_cholesky
@@ -103,9 +98,8 @@ class _FastScorer:
         x /= self.scale
         out = x @ self.fused
         out -= self.offset
-        d, k = self.d, self.k
-        proj = out[d : 2 * d]
-        y = out[2 * d : 2 * d + k * d]
+        d, m = self.d, self.m
+        y = out[d + m :]
         y *= y
         half_maha = y @ self.half_block_sum
         lp = half_maha + self.log_norm
@@ -113,9 +107,8 @@ class _FastScorer:
         lp -= lp[primary]
         post = np.exp(lp)
         post /= post.sum()
-        residual = float(x @ x - proj @ proj) - 2.0 * float(out[2 * d + k * d + primary])
-        residual += self.offset_sq[primary]
-        residual = (residual if residual > 0.0 else 0.0) / self.segment_scales[primary]
+        dev = out[d : d + m] - self.segment_offsets[primary]
+        residual = float(dev @ dev) / self.segment_scales[primary]
         # One-sided outlier distance: deviations beyond the segment mean in its
         # characteristic direction are zeroed before whitening (see anomalies).
         delta = out[:d] - self.means
@@ -142,7 +135,11 @@ class _FastScorer:
 
 @dataclass(eq=False)
 class Taxonomy:
-    """Everything needed to score a player; round-trips through plain JSON-able dicts."""
+    """Everything needed to score a player; round-trips through plain JSON-able dicts.
+
+    Treat an instance as immutable once it has scored: the membership model and the
+    per-layout fast scorers (which copy ids and names) are cached on first use.
+    """
 
     preparation: Preparation
     axes: Axes
@@ -195,8 +192,7 @@ class Taxonomy:
         post /= post.sum(axis=1, keepdims=True)
         primary = np.argmax(post, axis=1)
         anomaly = self.anomaly.classify(
-            self.anomaly.residual_scores(Z, primary, self.axes),
-            self.anomaly.outlier_scores(S, mm),
+            self.anomaly.residual_scores(Z, primary), self.anomaly.outlier_scores(S, mm)
         )
         return Scores(
             prepared=Z,
@@ -238,8 +234,15 @@ class Taxonomy:
         S = self.axes.scores(Z)
         primary = self.membership.log_prob(S).argmax(axis=1)
         kind = self.anomaly.score(Z, S, self.axes, self.membership, primary).kind[0]
-        offset = self.anomaly.segment_offsets[primary[0]]
-        return reasons(Z[0], self.feature_names, self.axes, top=top, kind=str(kind), offset=offset)
+        return reasons(
+            Z[0],
+            self.feature_names,
+            self.axes,
+            top=top,
+            kind=str(kind),
+            anomaly=self.anomaly,
+            segment=int(primary[0]),
+        )
 
     def centroids_prepared(self) -> np.ndarray:
         """Segment centres (k, p) in this taxonomy's standardised feature space.

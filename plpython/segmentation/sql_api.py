@@ -639,7 +639,8 @@ def detect_anomalies(plpy: Any, GD: dict, game_id: str, as_of: str | None,
                 "anomaly_score": float(s.anomaly.score[i]),
                 "kind": kind if kind != "none" else "outlier",
                 "reasons": taxonomy_store.dumps(reasons(
-                    s.prepared[i], tax.feature_names, tax.axes, top=3, kind=kind)),
+                    s.prepared[i], tax.feature_names, tax.axes, top=3, kind=kind,
+                    anomaly=tax.anomaly, segment=int(s.primary[i]))),
                 "nearest_segment": tax.segment_names[int(s.primary[i])],
             })
         after = ids[-1]

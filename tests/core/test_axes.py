@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-
 from segmentation.axes import Axes, fit_axes, varimax
 from segmentation.naming import axis_name, feature_word, segment_name, unique_names
 

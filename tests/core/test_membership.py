@@ -5,10 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from scipy.spatial.distance import mahalanobis
-from sklearn.mixture import GaussianMixture
-
 from segmentation.membership import MembershipModel
 from segmentation.segments import Segments, fit_segments
+from sklearn.mixture import GaussianMixture
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +43,8 @@ def test_fit_segments_posteriors_equal_membership_model() -> None:
     rng = np.random.default_rng(2)
     S = np.vstack([rng.normal(0, 1, (400, 2)), rng.normal(5, 1, (200, 2))])
     fit = fit_segments(S, 2, seed=0)
-    np.testing.assert_allclose(MembershipModel(fit.segments).posteriors(S), fit.posteriors, atol=1e-8)
+    post = MembershipModel(fit.segments).posteriors(S)
+    np.testing.assert_allclose(post, fit.posteriors, atol=1e-8)
 
 
 def test_mahalanobis_min_matches_scipy(fitted: tuple[GaussianMixture, np.ndarray]) -> None:
@@ -52,10 +52,7 @@ def test_mahalanobis_min_matches_scipy(fitted: tuple[GaussianMixture, np.ndarray
     mm = _model(gm)
     rows = S[:25]
     expected = [
-        min(
-            mahalanobis(s, gm.means_[j], np.linalg.inv(gm.covariances_[j])) ** 2
-            for j in range(3)
-        )
+        min(mahalanobis(s, gm.means_[j], np.linalg.inv(gm.covariances_[j])) ** 2 for j in range(3))
         for s in rows
     ]
     np.testing.assert_allclose(mm.mahalanobis_min(rows), expected, rtol=1e-9)

@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-
 from segmentation import segments as segments_module
 from segmentation.quality import matched_accuracy
 from segmentation.segments import Segments, fit_segments, n_parameters
