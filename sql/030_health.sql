@@ -41,12 +41,20 @@ BEGIN
                'calibrated_at', t.calibrated_at,
                'population', t.population,
                'n_segments', t.n_segments,
-               'last_categorized_at', (SELECT max(r.finished_at) FROM segmentation.runs r
-                                        WHERE r.game_id = t.game_id AND r.kind = 'categorize_all'
-                                          AND r.status = 'succeeded'))
+               'last_categorized_at', lr.finished_at,
+               'players_categorized', (lr.result ->> 'players')::bigint,
+               'anomalies', (lr.result ->> 'anomalies')::bigint,
+               'drift_verdict', coalesce(lr.result -> 'drift' ->> 'verdict', 'unknown'),
+               'drift_reasons', lr.result -> 'drift' -> 'reasons')
                ORDER BY t.game_id), '[]'::jsonb)
       INTO taxonomies
       FROM segmentation.game_behavioral_taxonomy t
+      LEFT JOIN LATERAL (
+            -- the drift verdict of the latest batch run with this taxonomy
+            SELECT r.finished_at, r.result FROM segmentation.runs r
+             WHERE r.game_id = t.game_id AND r.kind = 'categorize_all'
+               AND r.status = 'succeeded' AND r.taxonomy_id = t.taxonomy_id
+             ORDER BY r.finished_at DESC LIMIT 1) lr ON true
      WHERE t.is_active;
 
     overall := CASE WHEN runtime_status = 'healthy' THEN 'healthy' ELSE 'unhealthy' END;
@@ -62,7 +70,11 @@ BEGIN
                 'invalid_settings', (SELECT coalesce(jsonb_agg(s.name), '[]'::jsonb)
                                        FROM segmentation.settings s WHERE NOT s.is_valid)),
             'python_runtime', runtime,
-            'taxonomies', jsonb_build_object('status', 'healthy', 'active', taxonomies)));
+            'taxonomies', jsonb_build_object(
+                'status', CASE WHEN EXISTS (SELECT 1 FROM jsonb_array_elements(taxonomies) g
+                                             WHERE g ->> 'drift_verdict' = 'recalibrate')
+                               THEN 'degraded' ELSE 'healthy' END,
+                'active', taxonomies)));
 END
 $$;
 COMMENT ON FUNCTION segmentation.health() IS

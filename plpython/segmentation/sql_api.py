@@ -493,7 +493,7 @@ def categorize_all(plpy: Any, GD: dict, game_id: str, as_of: str | None) -> str:
     game_id = _check_game_id(game_id)
     if as_of is None:
         raise InvalidArgument("as_of must not be NULL", hint="Omit it for current_date.")
-    settings = read_settings(plpy, ("max_concurrent_categorizations",))
+    settings = read_settings(plpy)
     slot = _acquire_batch_slot(plpy, game_id, int(settings["max_concurrent_categorizations"]))
     active_id = taxonomy_store.active_taxonomy_id(plpy, game_id)
     if active_id is None:
@@ -533,6 +533,11 @@ def categorize_all(plpy: Any, GD: dict, game_id: str, as_of: str | None) -> str:
     after, done, anomalies, t_score, t_write = "", 0, 0, 0.0, 0.0
     counts = np.zeros(k, dtype=np.int64)
     names = recipe.feature_names
+    # A uniform sample of the scored players (bounded by the calibration sample size)
+    # gives the drift verdict of the run without a second pass over the window.
+    rng = np.random.default_rng(int(settings["random_seed"]))
+    keep_share = min(1.0, settings["calibration_sample_size"] / n)
+    kept: list[tuple[np.ndarray, ...]] = []
     while True:
         ids, X = population.fetch(plpy, recipe, limit=BATCH_CHUNK, after=after)
         if not ids:
@@ -541,6 +546,9 @@ def categorize_all(plpy: Any, GD: dict, game_id: str, as_of: str | None) -> str:
         s = taxonomy.score(X, names)
         counts += np.bincount(s.primary, minlength=k)
         anomalies += int(s.anomaly.is_anomaly.sum())
+        keep = rng.random(len(ids)) < keep_share
+        kept.append((s.prepared[keep], s.axis_scores[keep], s.segment_id[keep],
+                     s.anomaly.is_anomaly[keep]))
         t2 = time.perf_counter()
         plpy.execute(insert, [ids, s.segment_id.tolist(), s.membership.tolist(),
                               s.posteriors.ravel().tolist(), s.axis_scores.ravel().tolist(),
@@ -580,6 +588,11 @@ def categorize_all(plpy: Any, GD: dict, game_id: str, as_of: str | None) -> str:
     for view in ("segment_summary", "segment_transitions"):
         plpy.execute(f"REFRESH MATERIALIZED VIEW CONCURRENTLY segmentation.{view}")
     timings["refresh_views"] = time.perf_counter() - t4
+    t5 = time.perf_counter()
+    drift = _drift(taxonomy, doc["drift_reference"], *(np.concatenate(c) for c in zip(*kept,
+                                                                                      strict=True)),
+                   settings)
+    timings["drift"] = time.perf_counter() - t5
     timings["total"] = time.perf_counter() - t0
     result = {
         "game_id": game_id, "run_id": run_id, "as_of": as_of, "taxonomy_id": active_id,
@@ -587,6 +600,8 @@ def categorize_all(plpy: Any, GD: dict, game_id: str, as_of: str | None) -> str:
         "changed_segment": int(changed), "new": int(inserted - changed),
         "unchanged": int(done - inserted), "anomalies": anomalies,
         "segments": {taxonomy.segment_names[j]: int(counts[j]) for j in range(k)},
+        "drift": {"verdict": drift["verdict"], "reasons": drift["reasons"],
+                  "sampled_players": int(sum(len(c[2]) for c in kept))},
         "timings": timings,
     }
     _finish_run(plpy, run_id, result, active_id)
@@ -650,8 +665,6 @@ def detect_anomalies(plpy: Any, GD: dict, game_id: str, as_of: str | None,
 
 @reports_errors
 def taxonomy_drift(plpy: Any, GD: dict, game_id: str, as_of: str | None) -> str:
-    from segmentation.drift import drift_report, drift_verdict
-
     game_id = _check_game_id(game_id)
     if as_of is None:
         raise InvalidArgument("as_of must not be NULL", hint="Omit it for current_date.")
@@ -664,13 +677,26 @@ def taxonomy_drift(plpy: Any, GD: dict, game_id: str, as_of: str | None) -> str:
     ids, X = population.fetch(plpy, recipe, limit=cap if n > cap else None,
                               seed=int(settings["random_seed"]))
     s = tax.score(X, recipe.feature_names)
+    report = _drift(tax, reference, s.prepared, s.axis_scores, s.segment_id,
+                    s.anomaly.is_anomaly, settings)
+    return taxonomy_store.dumps({
+        "game_id": game_id, "taxonomy_id": entry.taxonomy_id, "as_of": as_of,
+        "players": len(ids), **report})
+
+
+def _drift(tax: Taxonomy, reference: dict[str, Any], prepared: np.ndarray,
+           axis_scores: np.ndarray, segment_ids: np.ndarray, is_anomaly: np.ndarray,
+           settings: dict[str, float]) -> dict[str, Any]:
+    """Drift report of scored players against the calibration reference, with verdict."""
+    from segmentation.drift import drift_report, drift_verdict
+
     report = drift_report(
         reference,
-        features={f: s.prepared[:, i] for i, f in enumerate(tax.feature_names)},
-        axes={a: s.axis_scores[:, i] for i, a in enumerate(tax.axes.names)},
-        segment_ids=s.segment_id,
-        anomaly_flags=s.anomaly.is_anomaly,
-        variance_explained=tax.axes.explained_share(s.prepared),
+        features={f: prepared[:, i] for i, f in enumerate(tax.feature_names)},
+        axes={a: axis_scores[:, i] for i, a in enumerate(tax.axes.names)},
+        segment_ids=segment_ids,
+        anomaly_flags=is_anomaly,
+        variance_explained=tax.axes.explained_share(prepared),
     )
     verdict, why = drift_verdict(report, {
         "psi_watch": settings["drift_psi_watch"],
@@ -679,9 +705,6 @@ def taxonomy_drift(plpy: Any, GD: dict, game_id: str, as_of: str | None) -> str:
         "share_recalibrate": settings["drift_share_recalibrate"],
     })
     names = dict(zip((str(i) for i in tax.segment_ids), tax.segment_names, strict=True))
-    if "segment_shares" in report:
-        for key, shares in report["segment_shares"].items():
-            shares["name"] = names.get(key)
-    return taxonomy_store.dumps({
-        "game_id": game_id, "taxonomy_id": entry.taxonomy_id, "as_of": as_of,
-        "players": len(ids), "verdict": verdict, "reasons": why, **report})
+    for key, shares in report.get("segment_shares", {}).items():
+        shares["name"] = names.get(key)
+    return {"verdict": verdict, "reasons": why, **report}

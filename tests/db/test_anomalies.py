@@ -57,6 +57,10 @@ def test_drift_ok_on_same_window_recalibrate_after_shift(planted: psycopg.Connec
     conn = planted
     same = conn.execute("SELECT segmentation.taxonomy_drift('g1', %s)", (AS_OF,)).fetchone()[0]
     assert same["verdict"] == "ok", same["reasons"]
+    batch = conn.execute("SELECT segmentation.categorize_all('g1', %s)", (AS_OF,)).fetchone()[0]
+    assert batch["drift"]["verdict"] == "ok", batch["drift"]
+    game = conn.execute("SELECT segmentation.health()").fetchone()[0]["components"]["taxonomies"]
+    assert game["active"][0]["drift_verdict"] == "ok" and game["status"] == "healthy"
     # One archetype doubles and playtime is reported in a new unit (x3).
     conn.execute("INSERT INTO segmentation.player_activity"
                  " SELECT a.game_id, a.player_id || '_twin', a.activity_date, a.metrics"
@@ -68,3 +72,7 @@ def test_drift_ok_on_same_window_recalibrate_after_shift(planted: psycopg.Connec
     moved = conn.execute("SELECT segmentation.taxonomy_drift('g1', %s)", (AS_OF,)).fetchone()[0]
     assert moved["verdict"] == "recalibrate"
     assert any("minutes_played" in r for r in moved["reasons"]), moved["reasons"]
+    conn.execute("SELECT segmentation.categorize_all('g1', %s)", (AS_OF,))
+    game = conn.execute("SELECT segmentation.health()").fetchone()[0]["components"]["taxonomies"]
+    assert game["active"][0]["drift_verdict"] == "recalibrate"
+    assert game["status"] == "degraded"
