@@ -41,13 +41,14 @@ def _install_template(host: str, port: int, user: str, dbname: str, password: st
     install.install(server_dsn(dbname), lib_base=LIB_DIR)
 
 
+# Per-process database names: several pytest sessions may share one server.
 segmentation_server = factories.postgresql_noproc(
-    host=HOST, port=PORT, user=USER, password=PASSWORD, dbname="seg_test",
+    host=HOST, port=PORT, user=USER, password=PASSWORD, dbname=f"seg_test_{os.getpid()}",
     load=[_install_template])
 _db = factories.postgresql("segmentation_server")
 
 bare_server = factories.postgresql_noproc(
-    host=HOST, port=PORT, user=USER, password=PASSWORD, dbname="seg_bare")
+    host=HOST, port=PORT, user=USER, password=PASSWORD, dbname=f"seg_bare_{os.getpid()}")
 bare_db = factories.postgresql("bare_server")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -161,7 +162,7 @@ def test_status_without_server_says_what_to_do() -> None:
 
 
 def test_install_into_database_owned_by_an_application_role(conn: psycopg.Connection) -> None:
-    owner, dbname = "seg_test_owner", "seg_test_owned"
+    owner, dbname = f"seg_owner_{os.getpid()}", f"seg_owned_{os.getpid()}"
     conn.execute(f"DROP DATABASE IF EXISTS {dbname}")
     conn.execute(f"DROP ROLE IF EXISTS {owner}")
     conn.execute(f"CREATE ROLE {owner} LOGIN NOSUPERUSER")
