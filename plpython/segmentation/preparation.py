@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy.stats import skew
 
 SKEW_THRESHOLD = 1.0
 CLIP_MARGIN = 10.0
@@ -203,7 +202,7 @@ def fit_preparation(
         lower = 0.0 if non_negative else lo - CLIP_MARGIN * span
         upper = hi + CLIP_MARGIN * span
         median = float(np.median(values))
-        use_log = bool(non_negative and span > 0 and skew(values) > SKEW_THRESHOLD)
+        use_log = bool(non_negative and span > 0 and _skew(values) > SKEW_THRESHOLD)
 
         t = np.where(finite, col, median)
         np.clip(t, lower, upper, out=t)
@@ -237,3 +236,10 @@ def fit_preparation(
         clip=np.array(columns["clip"]).reshape(-1, 2),
     )
     return prep, report
+
+
+def _skew(values: np.ndarray) -> float:
+    # Imported on first fit only: scoring sessions never pay for loading scipy.stats.
+    from scipy.stats import skew
+
+    return float(skew(values))

@@ -23,11 +23,12 @@ and seed always give the same order.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sklearn.metrics import silhouette_score
-from sklearn.mixture import GaussianMixture
+
+if TYPE_CHECKING:
+    from sklearn.mixture import GaussianMixture
 
 # Added to covariance diagonals (axis scores have unit variance, so this is negligible for
 # real segments) to keep near-degenerate groups - e.g. all-zero spenders - invertible.
@@ -104,6 +105,9 @@ def n_parameters(k: int, d: int) -> int:
 
 
 def _mixture(k: int, seed: int, n_init: int, **init: Any) -> GaussianMixture:
+    # scikit-learn loads on the first fit only: scoring sessions never import it.
+    from sklearn.mixture import GaussianMixture
+
     return GaussianMixture(
         n_components=k,
         covariance_type="full",
@@ -153,7 +157,7 @@ def _choose_k(
         labels = gm.predict(sample[sil_idx])
         n_labels = len(np.unique(labels))
         entry["silhouette"] = (
-            float(silhouette_score(sample[sil_idx], labels))
+            float(_silhouette(sample[sil_idx], labels))
             if 1 < n_labels < len(sil_idx)
             else float("nan")
         )
@@ -219,3 +223,9 @@ def fit_segments(
         mean_log_likelihood=float(gm.score(S)),
         converged=bool(gm.converged_),
     )
+
+
+def _silhouette(X: np.ndarray, labels: np.ndarray) -> float:
+    from sklearn.metrics import silhouette_score
+
+    return float(silhouette_score(X, labels))

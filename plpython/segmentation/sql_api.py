@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 import segmentation
-from segmentation import calibration, population, taxonomy_store
+from segmentation import population, taxonomy_store
 from segmentation.errors import (
     BatchSlotsExhausted,
     EmptyWindow,
@@ -176,6 +176,8 @@ def calibrate_taxonomy(plpy: Any, GD: dict, game_id: str, lookback_days: int | N
 
     previous_id = taxonomy_store.active_taxonomy_id(plpy, game_id)
     previous = taxonomy_store.load(plpy, previous_id)[0] if previous_id else None
+    from segmentation import calibration  # scikit-learn loads only where it is needed
+
     options = calibration.CalibrationOptions(
         variance_threshold=settings["variance_explained_threshold"], n_segments=k,
         seed=int(settings["random_seed"]), contamination=settings["anomaly_contamination"])

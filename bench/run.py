@@ -1,0 +1,257 @@
+"""`make bench`: measure the system beside its baselines in the same run; write BENCHMARKS.md.
+
+Every figure is printed beside its baseline measured in the same run on the same
+server, as a ratio. Sizes are parameters; the defaults are meant to finish within
+about 15 minutes on a 2-core machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from segmentation_loader import install
+from segmentation_loader.generator import simulate, write_population
+
+from bench import client_pipeline
+from bench.load import LoadResult, run_pgbench
+
+AS_OF = date(2026, 6, 30)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _dsn(base: str, dbname: str) -> str:
+    params = conninfo_to_dict(base)
+    params["dbname"] = dbname
+    return make_conninfo(**params)  # type: ignore[arg-type]
+
+
+def _fresh_db(base: str, dbname: str, lib_dir: Path | None) -> str:
+    with psycopg.connect(base, autocommit=True) as admin:
+        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+            sql.Identifier(dbname)))
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
+    dsn = _dsn(base, dbname)
+    install.install(dsn, lib_base=lib_dir)
+    return dsn
+
+
+class PeakMemory:
+    """Peak resident memory (VmHWM, MiB) of one backend, read from /proc after a call."""
+
+    def __init__(self, pid: int) -> None:
+        self.path = Path(f"/proc/{pid}/status")
+
+    def peak_mib(self) -> float | None:
+        try:
+            for line in self.path.read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+        except OSError:
+            return None
+        return None
+
+
+def _timed_call(dsn: str, query: str, params: tuple = ()) -> tuple[Any, float, float | None]:
+    """Run one statement on a new backend; return (result, seconds, backend peak MiB)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+        conn.execute("SELECT segmentation.python_runtime()")  # imports are not the workload
+        mem = PeakMemory(pid)
+        t0 = time.perf_counter()
+        result = conn.execute(query, params).fetchone()[0]
+        seconds = time.perf_counter() - t0
+        return result, seconds, mem.peak_mib()
+
+
+def _populate(dsn: str, game: str, players: int, seed: int) -> dict[str, Any]:
+    pop = simulate(players, days=90, seed=seed, as_of=AS_OF)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        stats = write_population(conn, game, pop)
+        conn.execute("ANALYZE segmentation.player_activity")
+    return stats
+
+
+def _machine() -> dict[str, str]:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = "unknown"
+    try:
+        kb = int(Path("/proc/meminfo").read_text().split()[1])
+        mem = f"{kb / 1024 / 1024:.1f} GiB"
+    except (OSError, ValueError, IndexError):
+        pass
+    return {"cpu": cpu, "cores": str(os.cpu_count()), "memory": mem,
+            "os": platform.platform(), "python (client)": platform.python_version()}
+
+
+def _ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}x" if b else "n/a"
+
+
+def _fmt_load(r: LoadResult) -> str:
+    return (f"{r.tps:,.0f}/s | {r.p50_ms:.3f} | {r.p95_ms:.3f} | {r.p99_ms:.3f}"
+            f" | {r.failed}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sizes", default="100000,1000000",
+                        help="populations (players x 90 days) for calibration and batch")
+    parser.add_argument("--scaling", default="25000,50000",
+                        help="extra sizes for calibration time growth")
+    parser.add_argument("--clients", default="1,4,8")
+    parser.add_argument("--seconds", type=int, default=10, help="per pgbench run")
+    parser.add_argument("--output", default=str(ROOT / "BENCHMARKS.md"))
+    args = parser.parse_args()
+    base = os.environ.get("DATABASE_URL") or (
+        f"postgresql://postgres@localhost:{os.environ.get('SEG_PGPORT', '55432')}/postgres")
+    lib_env = os.environ.get("SEG_LIB_DIR")
+    lib_dir = Path(lib_env) if lib_env else None
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    scaling = sorted({int(s) for s in args.scaling.split(",") if s} | set(sizes))
+    clients = [int(c) for c in args.clients.split(",") if c]
+    started = time.perf_counter()
+    out: list[str] = []
+
+    def say(line: str = "") -> None:
+        print(line, flush=True)
+        out.append(line)
+
+    dsn = _fresh_db(base, "segmentation_bench", lib_dir)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        versions = conn.execute("SELECT version(), segmentation.python_runtime()").fetchone()
+    runtime = versions[1]
+    say("# Benchmarks")
+    say()
+    say(f"Written by `make bench` (bench/run.py) on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
+        f" with sizes {sizes}, pgbench {args.seconds} s per run. Every figure is measured in"
+        " the same run as its baseline; ratios are system / baseline.")
+    say()
+    say("| machine | |")
+    say("|---|---|")
+    for k, v in _machine().items():
+        say(f"| {k} | {v} |")
+    say(f"| PostgreSQL | {versions[0].split(',')[0]} |")
+    say(f"| server Python / numpy / scikit-learn | {runtime['python']} / {runtime['numpy']}"
+        f" / {runtime['scikit_learn']} |")
+    say(f"| Unified Segmentation | {runtime['package']} |")
+    say()
+
+    # ---- generator, calibration and batch at each size
+    rows_gen: list[str] = []
+    rows_cal: list[str] = []
+    rows_batch: list[str] = []
+    largest = max(sizes)
+    for n in scaling:
+        game = f"bench_{n}"
+        gen = _populate(dsn, game, n, seed=n)
+        rows_gen.append(f"| {n:,} | {gen['rows']:,} | {gen['seconds']:.1f} s"
+                        f" | {gen['rows_per_second']:,.0f} |")
+        summary, cal_s, cal_mem = _timed_call(
+            dsn, "SELECT segmentation.calibrate_taxonomy(%s, as_of => %s)", (game, AS_OF))
+        pop = summary["population"]
+        rows_cal.append(
+            f"| {n:,} | {pop['calibrated_on']:,}{' (sample)' if pop['sampled'] else ''}"
+            f" | {cal_s:.1f} s | {summary['timings']['load']:.1f} s"
+            f" | {cal_mem:.0f} MiB |" if cal_mem else f"| {n:,} | ... | {cal_s:.1f} s | | n/a |")
+        if n in sizes:
+            batch, batch_s, batch_mem = _timed_call(
+                dsn, "SELECT segmentation.categorize_all(%s, %s)", (game, AS_OF))
+            client = client_pipeline.run(dsn, game, AS_OF.isoformat())
+            rows_batch.append(
+                f"| {n:,} | {batch_s:.1f} s (features {batch['timings']['features']:.1f} s)"
+                f" | {batch_mem or 0:.0f} MiB | {client['total_s']:.1f} s (copy out"
+                f" {client['copy_out_s']:.1f}, score {client['score_s']:.1f}, copy back"
+                f" {client['copy_back_s']:.1f}) | {_ratio(client['total_s'], batch_s)} |")
+        if n != largest:
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute("DELETE FROM segmentation.player_activity WHERE game_id = %s",
+                             (game,))
+        print(f"... size {n} done at {time.perf_counter() - started:.0f} s", flush=True)
+
+    say("## Generator throughput")
+    say()
+    say("| players | activity rows | wall | rows/s |")
+    say("|---|---|---|---|")
+    for row in rows_gen:
+        say(row)
+    say()
+    say("## calibrate_taxonomy: wall time, backend peak memory, growth with players")
+    say()
+    say("Populations above `segmentation.calibration_sample_size` (200,000) are fitted on a"
+        " uniform sample; the feature load still reads every activity row of the window.")
+    say()
+    say("| players | fitted on | wall | of which feature load | backend peak RSS |")
+    say("|---|---|---|---|---|")
+    for row in rows_cal:
+        say(row)
+    say()
+    say("## categorize_all beside the client-side pipeline")
+    say()
+    say("Baseline: psycopg COPY of the same per-player aggregates out, the same preparation"
+        " and projection in numpy, scikit-learn `GaussianMixture.predict_proba` with the"
+        " stored parameters, COPY of memberships back into an unlogged table (no history, no"
+        " views). Ratio = baseline time / system time (above 1: the system is faster).")
+    say()
+    say("| players | categorize_all | backend peak RSS | client pipeline | speed-up |")
+    say("|---|---|---|---|---|")
+    for row in rows_batch:
+        say(row)
+    say()
+
+    # ---- per-call latency under load, beside a primary-key SELECT
+    game = f"bench_{largest}"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("DROP TABLE IF EXISTS bench_pk")
+        conn.execute("CREATE TABLE bench_pk (id int PRIMARY KEY, payload text)")
+        conn.execute("INSERT INTO bench_pk SELECT g, md5(g::text)"
+                     " FROM generate_series(1, 1000000) g")
+        conn.execute("VACUUM ANALYZE bench_pk")
+    pk = "\\set id random(1, 1000000)\nSELECT * FROM bench_pk WHERE id = :id;\n"
+    feats = ("\\set s random(1, 60)\n\\set m random(1, 3000)\n\\set d random(1, 90)\n"
+             f"SELECT * FROM segmentation.categorize_player('{game}', ('{{\"sessions\": ' || :s"
+             " || ', \"minutes_played\": ' || :m || ', \"active_days\": ' || :d || '}')::jsonb);\n")
+    by_id = (f"\\set p random(0, {largest - 1})\n"
+             f"SELECT * FROM segmentation.categorize_player('{game}',"
+             f" 'p' || lpad(:p::text, 7, '0'), '{AS_OF}');\n")
+    say("## categorize_player under concurrent load (pgbench)")
+    say()
+    say(f"Baseline: `SELECT * FROM bench_pk WHERE id = :id` on a 1,000,000-row table with an"
+        f" integer primary key. categorize_player(player_id) runs on the {largest:,}-player,"
+        " 90-day population. Latencies in ms, from pgbench's per-transaction log.")
+    say()
+    say("| statement | clients | throughput | p50 | p95 | p99 | failed | throughput vs PK SELECT |")
+    say("|---|---|---|---|---|---|---|---|")
+    for c in clients:
+        base_r = run_pgbench(dsn, pk, c, args.seconds)
+        f_r = run_pgbench(dsn, feats, c, args.seconds)
+        p_r = run_pgbench(dsn, by_id, c, args.seconds)
+        say(f"| PK SELECT (baseline) | {c} | {_fmt_load(base_r)} | 1.00x |")
+        say(f"| categorize_player(features) | {c} | {_fmt_load(f_r)}"
+            f" | {_ratio(f_r.tps, base_r.tps)} |")
+        say(f"| categorize_player(player_id) | {c} | {_fmt_load(p_r)}"
+            f" | {_ratio(p_r.tps, base_r.tps)} |")
+    say()
+    say(f"Total benchmark wall time: {time.perf_counter() - started:.0f} s.")
+    Path(args.output).write_text("\n".join(out) + "\n")
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
