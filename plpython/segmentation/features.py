@@ -23,6 +23,7 @@ metric names, game ids and dates travel as bound parameters.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +55,11 @@ class FeatureRecipe:
         if self.kind == "source":
             return list(self.columns)
         return activity_feature_names(self.metrics)
+
+    @functools.cached_property
+    def feature_index(self) -> dict[str, int]:
+        """Column of each feature name (computed once per recipe)."""
+        return {n: i for i, n in enumerate(self.feature_names)}
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"kind": self.kind, "feature_names": self.feature_names}
@@ -177,19 +183,25 @@ def features_from_metric_vector(values: dict[str, Any], recipe: FeatureRecipe) -
     ``active_days``) or, for activity recipes, raw metric totals keyed by metric
     name plus ``active_days`` (rates then follow). Unknown keys are rejected by
     the caller; missing features become NaN (imputed by the preparation rule).
+    Plain Python on purpose: this runs once per categorize_player call, where
+    numpy's per-element overhead would dominate.
     """
     names = recipe.feature_names
-    x = np.full(len(names), np.nan)
-    index = {n: i for i, n in enumerate(names)}
+    nan = float("nan")
+    x = [nan] * len(names)
+    index = recipe.feature_index
     for key, value in values.items():
-        if key in index:
-            x[index[key]] = value
+        i = index.get(key)
+        if i is not None:
+            x[i] = float(value)
     if recipe.kind == "activity":
         m = len(recipe.metrics)
         active = values.get("active_days")
         for j, metric in enumerate(recipe.metrics):
-            if metric in values and f"{metric}_total" not in values:
-                x[j] = values[metric]
-            if f"{metric}_per_day" not in values and active and np.isfinite(x[j]):
-                x[m + j] = x[j] / float(active)
-    return x
+            value = values.get(metric)
+            if value is not None and f"{metric}_total" not in values:
+                x[j] = float(value)
+            total = x[j]
+            if active and total == total and f"{metric}_per_day" not in values:
+                x[m + j] = total / float(active)
+    return np.array(x)
