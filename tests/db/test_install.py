@@ -189,3 +189,21 @@ def test_install_into_database_owned_by_an_application_role(conn: psycopg.Connec
         conn.execute(f"DROP DATABASE IF EXISTS {dbname} WITH (FORCE)")
         conn.execute(f"DROP OWNED BY {owner}")
         conn.execute(f"DROP ROLE IF EXISTS {owner}")
+
+
+def test_metrics_view_counts_calls_and_runs(conn: psycopg.Connection) -> None:
+    tracked = conn.execute("SHOW track_functions").fetchone()[0] != "none"
+    for _ in range(3):
+        conn.execute("SELECT segmentation.health()")
+    conn.execute("SELECT pg_stat_force_next_flush()")
+    conn.execute("SELECT 1")
+    conn.execute("SELECT pg_stat_clear_snapshot()")
+    rows = conn.execute("SELECT name, calls, mean_ms, note FROM segmentation.metrics"
+                        " WHERE scope = 'function'").fetchall()
+    by_name = {r[0]: r for r in rows}
+    assert {"calibrate_taxonomy", "categorize_player", "categorize_all", "health"} <= set(by_name)
+    assert not any(name.startswith("_") for name in by_name)
+    if tracked:
+        assert by_name["health"][1] >= 3 and by_name["health"][2] > 0
+    else:
+        assert "track_functions" in by_name["health"][3]
