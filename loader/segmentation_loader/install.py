@@ -177,6 +177,7 @@ def uninstall(dsn: str, *, drop_data: bool = False, log: Log = _quiet) -> None:
         if drop_data:
             conn.execute("DROP SCHEMA IF EXISTS segmentation CASCADE")
             conn.execute("DROP SCHEMA IF EXISTS segmentation_lab CASCADE")
+            conn.execute("DROP SCHEMA IF EXISTS segmentation_ext CASCADE")
             log("dropped schema segmentation with all data")
             return
         for kind, objs in (

@@ -49,15 +49,19 @@ def reports_errors(fn: F) -> F:
         try:
             return fn(plpy, *args, **kwargs)
         except SegmentationError as exc:
+            _record_failure(plpy, exc.sqlstate, exc.message)
             extra = {k: v for k, v in (("detail", exc.detail), ("hint", exc.hint)) if v}
             plpy.error(exc.message, sqlstate=exc.sqlstate, **extra)
-        except plpy.SPIError:
+        except plpy.SPIError as exc:
+            _record_failure(plpy, getattr(exc, "sqlstate", None) or "XX000", str(exc))
             raise  # a database error (cancel, timeout, constraint): keep its SQLSTATE
         except Exception as exc:  # a bug: still a clean message, the traceback goes to CONTEXT
-            plpy.error(f"segmentation internal error in {fn.__name__}: "
-                       f"{type(exc).__name__}: {exc}",
-                       hint="This is a bug; please report it with the server log.",
+            message = f"segmentation internal error in {fn.__name__}: {type(exc).__name__}: {exc}"
+            _record_failure(plpy, "XX000", message)
+            plpy.error(message, hint="This is a bug; please report it with the server log.",
                        sqlstate="XX000")
+        finally:
+            _current_run.clear()
 
     return wrapper  # type: ignore[return-value]
 
@@ -99,12 +103,34 @@ def _log(plpy: Any, run_id: int | None, message: str) -> None:
     plpy.log(f"segmentation run {run_id}: {message}")
 
 
+# The run of the current call, so a failure can be logged (see sql/050_run_log.sql).
+_current_run: dict[str, Any] = {}
+
+
 def _start_run(plpy: Any, kind: str, game_id: str, parameters: dict[str, Any]) -> int:
     row = plpy.execute(plpy.prepare(
         "INSERT INTO segmentation.runs (kind, game_id, parameters) VALUES ($1, $2, $3)"
-        " RETURNING run_id", ["text", "text", "jsonb"]),
+        " RETURNING run_id, started_at::text AS started_at", ["text", "text", "jsonb"]),
         [kind, game_id, taxonomy_store.dumps(parameters)])
+    _current_run.update(kind=kind, game_id=game_id, parameters=taxonomy_store.dumps(parameters),
+                        run_id=int(row[0]["run_id"]), started_at=row[0]["started_at"])
     return int(row[0]["run_id"])
+
+
+def _record_failure(plpy: Any, sqlstate: str, message: str) -> None:
+    """Log a failed run in segmentation.runs in its own transaction (loopback dblink)."""
+    run = dict(_current_run)
+    if not run:
+        return
+    _log(plpy, run["run_id"], f"failed: {sqlstate} {message}")
+    try:
+        plpy.execute(plpy.prepare(
+            "SELECT segmentation._record_failed_run($1, $2, $3, $4, $5, $6, $7)",
+            ["text", "text", "jsonb", "timestamptz", "text", "text", "int8"]),
+            [run["kind"], run["game_id"], run["parameters"], run["started_at"], sqlstate,
+             message, run["run_id"]])
+    except plpy.SPIError as exc:  # never mask the original error
+        plpy.log(f"segmentation run {run['run_id']}: could not record the failure: {exc}")
 
 
 def _finish_run(plpy: Any, run_id: int, result: dict[str, Any], taxonomy_id: int | None) -> None:

@@ -104,9 +104,12 @@ def test_population_below_minimum_errors_and_writes_nothing(conn: psycopg.Connec
     assert "at least 500" in err.value.diag.message_primary
     assert err.value.diag.message_hint
     assert "Traceback" not in err.value.diag.message_primary
-    counts = conn.execute("SELECT (SELECT count(*) FROM segmentation.game_behavioral_taxonomy),"
-                          " (SELECT count(*) FROM segmentation.runs)").fetchone()
-    assert counts == (0, 0)
+    assert conn.execute("SELECT count(*) FROM segmentation.game_behavioral_taxonomy"
+                        ).fetchone()[0] == 0
+    # The failure itself is logged, in its own transaction.
+    runs = conn.execute("SELECT kind, status, error_sqlstate, parameters ? 'attempted_run_id'"
+                        " FROM segmentation.runs").fetchall()
+    assert runs == [("calibrate", "failed", "SG003", True)]
 
 
 @pytest.mark.parametrize(("game", "sqlstate"), [("nope", "SG001"), ("", "SG008")])
