@@ -1,4 +1,4 @@
-"""The ``segmentation`` command: install, status, uninstall, generate, import."""
+"""The ``segmentation`` command: install, status, uninstall, generate, import-real."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from segmentation_loader import install as installer
+from segmentation_loader import real_data
 from segmentation_loader.errors import LoaderError
 
 
@@ -58,6 +59,14 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_import_real(args: argparse.Namespace) -> int:
+    with installer.connect(_dsn(args), autocommit=True) as conn:
+        counts = real_data.load_real_dataset(
+            conn, args.name, Path(args.path) if args.path else None)
+    print(installer.dumps(counts))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="segmentation", description=__doc__)
     parser.add_argument("--dsn", help="libpq connection string or URL (default: $DATABASE_URL)")
@@ -91,6 +100,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--anomaly-rate", type=float, default=0.0)
     p.add_argument("--mixture-rate", type=float, default=0.0)
     p.set_defaults(func=_cmd_generate)
+
+    p = sub.add_parser("import-real",
+                       help="load a real public data set into schema segmentation_data "
+                            "(rules: docs/real-data.md); prints the counts as JSON")
+    p.add_argument("name", choices=list(real_data.DATASETS))
+    p.add_argument("--path", help="the data set's CSV file (default: under "
+                   "$SEGMENTATION_SHARED_DATA or ../shared/data/real)")
+    p.set_defaults(func=_cmd_import_real)
     return parser
 
 

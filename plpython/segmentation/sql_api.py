@@ -374,8 +374,9 @@ def import_taxonomy(plpy: Any, GD: dict, doc_text: str | None, game_id: str | No
             summary=summary, parent_taxonomy_id=previous_id)
     except plpy.SPIError as exc:
         # Bad values the tables reject (a date that is none, duplicate segment names, a
-        # window of 0 days): still the document's fault, so SG012 rather than 22xxx/23xxx.
-        if not str(getattr(exc, "sqlstate", "") or "").startswith(("22", "23")):
+        # window of 0 days, a 100k name too big for an index): still the document's fault,
+        # so SG012 rather than 22xxx/23xxx/54xxx.
+        if not str(getattr(exc, "sqlstate", "") or "").startswith(("22", "23", "54")):
             raise
         raise InvalidDocument(f"not a valid taxonomy document: {_clip(str(exc))}",
                               hint="Pass the jsonb returned by segmentation.export_taxonomy "
@@ -595,9 +596,12 @@ def categorize_all(plpy: Any, GD: dict, game_id: str, as_of: str | None) -> str:
                  " membership float8, memberships float8[], axis_scores float8[],"
                  " anomaly_score float8, is_anomaly bool) ON COMMIT DROP")
     insert = plpy.prepare(
-        "INSERT INTO pg_temp.segmentation_batch SELECT $1[i], $2[i], $3[i],"
-        " $4[(i - 1) * $8 + 1 : i * $8], $5[(i - 1) * $9 + 1 : i * $9], $6[i], $7[i]"
-        " FROM generate_subscripts($1, 1) i",
+        # unnest, not $1[i]: subscripting a text[] walks it from the start (quadratic
+        # per chunk); slicing the fixed-width float8[] arrays is direct.
+        "INSERT INTO pg_temp.segmentation_batch SELECT u.player_id, u.segment_id,"
+        " u.membership, $4[(u.i - 1) * $8 + 1 : u.i * $8], $5[(u.i - 1) * $9 + 1 : u.i * $9],"
+        " u.anomaly_score, u.is_anomaly FROM unnest($1, $2, $3, $6, $7) WITH ORDINALITY"
+        " AS u(player_id, segment_id, membership, anomaly_score, is_anomaly, i)",
         ["text[]", "int4[]", "float8[]", "float8[]", "float8[]", "float8[]", "bool[]",
          "int4", "int4"])
     k, d = taxonomy.segments.n_segments, taxonomy.axes.n_axes
