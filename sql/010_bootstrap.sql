@@ -20,10 +20,30 @@ if loaded is not None:
 import os
 import sys
 
+# The code in that directory runs inside the server as its OS user, so only a superuser
+# may point a session elsewhere (SET, PGOPTIONS). Anyone else gets the value stored with
+# ALTER DATABASE / ALTER ROLE ... SET (superuser-only for this parameter) or the default.
 row = plpy.execute(
     "SELECT coalesce(nullif(pg_catalog.current_setting('segmentation.python_lib_dir', true), ''),"
-    " '/usr/local/lib/segmentation') AS base"
+    " '/usr/local/lib/segmentation') AS base,"
+    " (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user) AS superuser,"
+    " coalesce((SELECT nullif(pg_catalog.substr(c, pg_catalog.strpos(c, '=') + 1), '')"
+    "   FROM pg_catalog.pg_db_role_setting s, pg_catalog.unnest(s.setconfig) c"
+    "  WHERE s.setdatabase IN (0, (SELECT d.oid FROM pg_catalog.pg_database d"
+    "                              WHERE d.datname = pg_catalog.current_database()))"
+    "    AND s.setrole IN (0, (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = current_user))"
+    "    AND pg_catalog.split_part(c, '=', 1) = 'segmentation.python_lib_dir'"
+    "  ORDER BY s.setrole <> 0 DESC, s.setdatabase <> 0 DESC LIMIT 1),"
+    " '/usr/local/lib/segmentation') AS stored"
 )[0]
+if not row["superuser"] and row["base"] != row["stored"]:
+    plpy.error(
+        "segmentation.python_lib_dir was changed for this session; only a superuser may do that",
+        detail="session value %s, configured value %s" % (row["base"][:200], row["stored"][:200]),
+        hint="RESET segmentation.python_lib_dir, or have a superuser run "
+             "ALTER DATABASE ... SET segmentation.python_lib_dir.",
+        sqlstate="SG011",
+    )
 lib_dir = os.path.join(row["base"], version)
 if not os.path.isfile(os.path.join(lib_dir, "segmentation", "__init__.py")):
     plpy.error(

@@ -73,9 +73,11 @@ SELECT d.name,
        d.max_value,
        CASE
            WHEN d.kind = 'text' THEN true
-           WHEN coalesce(c.current_value, d.default_value) !~ '^\s*[-+]?[0-9]*\.?[0-9]+([eE][-+]?[0-9]+)?\s*$' THEN false
+           -- Bounded length and exponent keep the numeric cast below from overflowing (1e400).
+           WHEN length(coalesce(c.current_value, d.default_value)) > 64 THEN false
+           WHEN coalesce(c.current_value, d.default_value) !~ '^\s*[-+]?[0-9]*\.?[0-9]+([eE][-+]?[0-9]{1,3})?\s*$' THEN false
            WHEN d.kind = 'integer' AND coalesce(c.current_value, d.default_value) !~ '^\s*[-+]?[0-9]+\s*$' THEN false
-           ELSE coalesce(c.current_value, d.default_value)::float8 BETWEEN d.min_value AND d.max_value
+           ELSE coalesce(c.current_value, d.default_value)::numeric BETWEEN d.min_value::numeric AND d.max_value::numeric
        END AS is_valid,
        d.description
   FROM segmentation.setting_definitions() d
@@ -101,14 +103,17 @@ DECLARE
 BEGIN
     SELECT * INTO d FROM segmentation.setting_definitions() s WHERE s.name = setting_name;
     IF NOT FOUND OR d.kind = 'text' THEN
-        RAISE EXCEPTION 'unknown numeric setting "%"', setting_name
+        -- left(): the argument may be any text, and a message must not echo 100k of it.
+        RAISE EXCEPTION 'unknown numeric setting "%"', left(setting_name, 100)
             USING ERRCODE = 'SG020', HINT = 'SELECT name FROM segmentation.settings lists the settings.';
     END IF;
     raw := coalesce(nullif(current_setting(setting_name, true), ''), d.default_value);
-    IF raw !~ '^\s*[-+]?[0-9]*\.?[0-9]+([eE][-+]?[0-9]+)?\s*$'
+    -- Bounded length and exponent keep the numeric cast from overflowing (1e400 is SG020).
+    IF length(raw) > 64
+       OR raw !~ '^\s*[-+]?[0-9]*\.?[0-9]+([eE][-+]?[0-9]{1,3})?\s*$'
        OR (d.kind = 'integer' AND raw !~ '^\s*[-+]?[0-9]+\s*$')
-       OR raw::float8 NOT BETWEEN d.min_value AND d.max_value THEN
-        RAISE EXCEPTION 'setting % = "%" is invalid', setting_name, raw
+       OR raw::numeric NOT BETWEEN d.min_value::numeric AND d.max_value::numeric THEN
+        RAISE EXCEPTION 'setting % = "%" is invalid', setting_name, left(raw, 100)
             USING ERRCODE = 'SG020',
                   DETAIL = format('valid: %s between %s and %s (default %s)', d.kind, d.min_value, d.max_value, d.default_value),
                   HINT = format('SET %s = %s, or ALTER DATABASE ... SET / RESET %s.', setting_name, d.default_value, setting_name);

@@ -51,4 +51,4 @@ EXCEPTION WHEN OTHERS THEN
 END
 $$;
 COMMENT ON FUNCTION segmentation._record_failed_run(text, text, jsonb, timestamptz, text, text, bigint) IS
-    'Internal: records a failed run in segmentation.runs over a loopback connection so the row survives the rollback.';
+    'Internal: records a failed run in segmentation.runs over a loopback connection so the row survives the rollback. SECURITY DEFINER so the loopback connection authenticates as the installing superuser; it only inserts one quoted row, search_path is pinned, EXECUTE for segmentation_admin only.';

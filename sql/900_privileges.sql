@@ -1,9 +1,12 @@
 -- Privileges, applied last on every install. Nothing is granted to PUBLIC.
 --   segmentation_reader: views, summaries, the model tables, health
 --   segmentation_app:    + categorize_player (and what it reads)
---   segmentation_admin:  + calibrate, activate, categorize_all, import/export, sources
+--   segmentation_admin:  + calibrate, activate, categorize_all, import/export, sources,
+--                          detect_anomalies, taxonomy_drift (full-window scans)
+-- The matrix and its reasons: docs/security.md.
 -- Roles are nested (reader < app < admin) by the loader.
--- All functions are SECURITY INVOKER with a pinned search_path; none is SECURITY DEFINER.
+-- All functions have a pinned search_path and are SECURITY INVOKER, except
+-- _record_failed_run (SECURITY DEFINER, justified in 050_run_log.sql; admin only).
 
 REVOKE ALL ON SCHEMA segmentation FROM PUBLIC;
 REVOKE ALL ON ALL TABLES IN SCHEMA segmentation FROM PUBLIC;
@@ -16,7 +19,7 @@ GRANT SELECT ON segmentation.player_current_segment, segmentation.player_members
                 segmentation.segment_summary, segmentation.segment_transitions,
                 segmentation.settings, segmentation.game_behavioral_taxonomy,
                 segmentation.behavioral_axes, segmentation.segment_definitions,
-                segmentation.runs
+                segmentation.runs, segmentation.metrics
    TO segmentation_reader;
 GRANT EXECUTE ON FUNCTION segmentation.version(), segmentation.health(), segmentation.ready(),
                           segmentation.live(), segmentation.python_runtime(),
@@ -33,6 +36,30 @@ GRANT EXECUTE ON FUNCTION segmentation.categorize_player(text, text, date),
 GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA segmentation TO segmentation_admin;
 GRANT USAGE ON ALL SEQUENCES IN SCHEMA segmentation TO segmentation_admin;
 GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA segmentation TO segmentation_admin;
+-- The grant above also covers views and the migration bookkeeping: views stay read-only,
+-- and only the installer touches the yoyo tables (a forged migration log would make the
+-- next upgrade skip or repeat migrations).
+DO $$
+DECLARE
+    rel record;
+BEGIN
+    FOR rel IN SELECT c.oid::regclass AS name, c.relkind FROM pg_catalog.pg_class c
+                WHERE c.relnamespace = 'segmentation'::regnamespace
+                  AND (c.relkind = 'v' OR (c.relkind = 'r' AND (c.relname LIKE '\_yoyo%'
+                                                              OR c.relname = 'yoyo_lock')))
+    LOOP
+        IF rel.relkind = 'v' THEN
+            EXECUTE format('REVOKE INSERT, UPDATE, DELETE ON %s FROM segmentation_admin', rel.name);
+        ELSE
+            EXECUTE format('REVOKE ALL ON %s FROM segmentation_reader, segmentation_app,'
+                           ' segmentation_admin', rel.name);
+        END IF;
+    END LOOP;
+END
+$$;
+-- A standalone type is usable by PUBLIC unless revoked.
+REVOKE ALL ON TYPE segmentation.categorization FROM PUBLIC;
+GRANT USAGE ON TYPE segmentation.categorization TO segmentation_app;
 -- categorize_all refreshes the materialized views, which needs ownership.
 ALTER MATERIALIZED VIEW segmentation.segment_summary OWNER TO segmentation_admin;
 ALTER MATERIALIZED VIEW segmentation.segment_transitions OWNER TO segmentation_admin;

@@ -47,9 +47,20 @@ class Population:
 
 def registered_source(plpy: Any, game_id: str) -> dict[str, Any] | None:
     rows = plpy.execute(plpy.prepare(
-        "SELECT source::text AS source, source::oid AS relid, player_column::text AS player_column"
+        "SELECT source::text AS source, source::oid AS relid, player_column::text AS player_column,"
+        " EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid = source) AS present"
         " FROM segmentation.feature_sources WHERE game_id = $1", ["text"]), [game_id])
-    return dict(rows[0]) if rows else None
+    if not rows:
+        return None
+    if not rows[0]["present"]:
+        # A regclass column does not pin its relation: after a DROP, source::text is a
+        # bare oid, which must never reach a FROM clause.
+        raise InvalidFeatures(
+            f"the feature source registered for game {game_id!r} (oid {rows[0]['relid']})"
+            " no longer exists",
+            hint="Register it again with segmentation.register_feature_source, or call "
+                 "segmentation.unregister_feature_source to use player_activity.")
+    return {k: rows[0][k] for k in ("source", "relid", "player_column")}
 
 
 def source_columns(plpy: Any, relid: int, player_column: str) -> list[tuple[str, str]]:
