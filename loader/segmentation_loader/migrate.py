@@ -33,12 +33,22 @@ def apply(dsn: str) -> list[str]:
 
 
 def rollback_latest(dsn: str) -> list[str]:
-    """Roll back the most recently applied migration; return its id."""
+    """Roll back the most recently applied migration; return its id.
+
+    The idempotent SQL layer (views, materialized views, functions, types) depends on
+    the tables, so a rollback that drops or changes a table would fail on an installed
+    system: it is removed first (tables and data kept). ``segmentation install`` of the
+    version that matches the remaining migrations re-creates it.
+    """
+    from segmentation_loader.install import uninstall  # install imports this module
+
     backend = get_backend(yoyo_url(dsn))
     migrations = read_migrations(str(migrations_dir()))
     with backend.lock():
         applied = backend.to_rollback(migrations)
         latest = applied[:1]
+        if latest:
+            uninstall(dsn)
         backend.rollback_migrations(latest)
     return [m.id for m in latest]
 
