@@ -238,13 +238,15 @@ def calibrate(
     previous: Taxonomy | None = None,
     previous_centroids_raw: np.ndarray | None = None,
     previous_centroid_features: Sequence[str] | None = None,
+    checkpoint: Callable[[], None] | None = None,
 ) -> CalibrationResult:
     """Calibrate a taxonomy on raw features ``X`` (n, q) named ``feature_names`` (q).
 
     ``previous`` enables continuity (module docstring). ``previous_centroids_raw``
     (k0, len(previous_centroid_features)) optionally replaces the centres derived from
     ``previous`` - e.g. stored raw-unit centres; the columns default to the previous kept
-    features.
+    features. ``checkpoint`` is called between phases and between candidate fits; it may
+    raise to abandon the calibration (a cancel or timeout in the database).
     """
     opts = options or CalibrationOptions()
     names = [str(f) for f in feature_names]
@@ -257,6 +259,8 @@ def calibrate(
         now = time.perf_counter()
         timings[phase] = now - tick
         tick = now
+        if checkpoint is not None:
+            checkpoint()
 
     prep, report = fit_preparation(X, names)
     Z, _ = prep.transform(X, names)
@@ -266,7 +270,8 @@ def calibrate(
     S = axes.scores(Z)
     lap("axes")
 
-    fit = fit_segments(S, opts.n_segments, opts.seed, opts.k_min, opts.k_max, opts.n_init)
+    fit = fit_segments(S, opts.n_segments, opts.seed, opts.k_min, opts.k_max, opts.n_init,
+                       checkpoint)
     membership = MembershipModel(fit.segments)
     lap("segments")
 
@@ -326,6 +331,8 @@ def calibrate(
         )
 
         def refit(S_boot: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+            if checkpoint is not None:
+                checkpoint()
             seg = fit_segments(S_boot, k, opts.seed, n_init=1).segments
             return lambda S_eval: MembershipModel(seg).posteriors(S_eval).argmax(axis=1)
 

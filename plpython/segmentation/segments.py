@@ -22,6 +22,7 @@ and seed always give the same order.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -136,7 +137,8 @@ def _fit_mixture(S: np.ndarray, k: int, seed: int, n_init: int) -> GaussianMixtu
 
 
 def _choose_k(
-    S: np.ndarray, seed: int, k_min: int, k_max: int, n_init: int
+    S: np.ndarray, seed: int, k_min: int, k_max: int, n_init: int,
+    checkpoint: Callable[[], None] | None = None,
 ) -> tuple[int, list[dict[str, float]], str]:
     n, d = S.shape
     rng = np.random.default_rng(seed)
@@ -162,6 +164,8 @@ def _choose_k(
             else float("nan")
         )
         curve.append(entry)
+        if checkpoint is not None:
+            checkpoint()
     bics = np.array([c["bic"] for c in curve])
     best = float((bics[0] - bics).max())
     if best <= 0:
@@ -184,10 +188,13 @@ def fit_segments(
     k_min: int = 2,
     k_max: int = 12,
     n_init: int = 3,
+    checkpoint: Callable[[], None] | None = None,
 ) -> SegmentFit:
     """Fit the segment mixture on axis scores ``S`` (n, d).
 
     ``n_segments > 0`` fixes k; ``0`` selects k by the BIC elbow (module docstring).
+    ``checkpoint`` is called between candidate fits; it may raise to abandon the fit
+    (the database adapter uses it to honour a cancel or statement_timeout promptly).
     """
     S = np.asarray(S, dtype=np.float64)
     if S.ndim != 2:
@@ -196,7 +203,7 @@ def fit_segments(
     if n_segments < 0:
         raise ValueError("n_segments must be >= 0")
     if n_segments == 0:
-        k, curve, selected_by = _choose_k(S, seed, k_min, k_max, n_init)
+        k, curve, selected_by = _choose_k(S, seed, k_min, k_max, n_init, checkpoint)
     else:
         k, curve, selected_by = n_segments, [], "fixed"
     if k > n:

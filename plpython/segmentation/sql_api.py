@@ -220,7 +220,10 @@ def calibrate_taxonomy(plpy: Any, GD: dict, game_id: str, lookback_days: int | N
         variance_threshold=settings["variance_explained_threshold"], n_segments=k,
         seed=int(settings["random_seed"]), contamination=settings["anomaly_contamination"])
     try:
-        result = calibration.calibrate(pop.X, pop.recipe.feature_names, options, previous)
+        # Between phases and candidate fits: a pending cancel or statement_timeout is
+        # raised by this SPI call instead of waiting for the whole fit.
+        result = calibration.calibrate(pop.X, pop.recipe.feature_names, options, previous,
+                                       checkpoint=lambda: plpy.execute("SELECT 1"))
     except ValueError as exc:
         raise TooFewFeatures(f"calibration failed: {exc}",
                              hint="Check that the features vary across players.") from exc
