@@ -213,7 +213,17 @@ def calibrate_taxonomy(plpy: Any, GD: dict, game_id: str, lookback_days: int | N
     plpy.execute("SELECT 1")  # a cancel or statement_timeout lands here, before the long fit
 
     previous_id = taxonomy_store.active_taxonomy_id(plpy, game_id)
-    previous = taxonomy_store.load(plpy, previous_id)[0] if previous_id else None
+    previous = None
+    continuity_note = None
+    if previous_id:
+        try:
+            previous = taxonomy_store.load(plpy, previous_id)[0]
+        except (KeyError, TypeError, ValueError) as exc:
+            # A version stored in an older model format still must not block a new one;
+            # its segments just cannot lend their ids.
+            continuity_note = (f"previous taxonomy {previous_id} could not be loaded"
+                               f" ({type(exc).__name__}: {exc}); segment ids start fresh")
+            _log(plpy, run_id, continuity_note)
     from segmentation import calibration  # scikit-learn loads only where it is needed
 
     options = calibration.CalibrationOptions(
@@ -257,6 +267,8 @@ def calibrate_taxonomy(plpy: Any, GD: dict, game_id: str, lookback_days: int | N
         "quality": result.quality,
         "k_curve": result.k_curve,
     }
+    if continuity_note:
+        summary["continuity_note"] = continuity_note
     taxonomy_id, version = taxonomy_store.save(
         plpy, game_id=game_id, taxonomy=tax, recipe=pop.recipe, as_of=as_of,
         population=len(pop.player_ids), sampled=pop.sampled, profiles=result.profiles,
