@@ -27,6 +27,9 @@ CREATE OR REPLACE FUNCTION segmentation.categorize_player(
 RETURNS segmentation.categorization
 LANGUAGE plpython3u STABLE PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
+-- The per-player aggregate must always use the primary key; a custom plan built from
+-- stale statistics right after a bulk load once chose the date index (1000x slower).
+SET plan_cache_mode = force_generic_plan
 AS $$
 if GD.get("segmentation.version") != "@VERSION@":
     plpy.execute("SELECT segmentation._python_bootstrap()")

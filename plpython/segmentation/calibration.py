@@ -58,7 +58,7 @@ class CalibrationOptions:
     k_max: int = 12
     n_init: int = 3
     silhouette_sample: int = 5000
-    stability_sample: int = 20_000
+    stability_sample: int = 10_000
     max_centroid_distance: float | None = None
     drift_bins: int = 10
 
@@ -333,7 +333,9 @@ def calibrate(
         def refit(S_boot: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
             if checkpoint is not None:
                 checkpoint()
-            seg = fit_segments(S_boot, k, opts.seed, n_init=1).segments
+            # As many starts as the real fit: with one, an unlucky EM start (not the
+            # segmentation) would dominate the figure.
+            seg = fit_segments(S_boot, k, opts.seed, n_init=opts.n_init).segments
             return lambda S_eval: MembershipModel(seg).posteriors(S_eval).argmax(axis=1)
 
         quality["stability_ari"] = bootstrap_stability(
