@@ -96,7 +96,9 @@ def main() -> int:
         print("\n   top anomalies:")
         if _has_function(conn, "detect_anomalies"):
             _table(conn, "SELECT player_id, round(anomaly_score::numeric, 2) AS score, kind,"
-                   " nearest_segment, reasons::text AS reasons"
+                   " nearest_segment, (SELECT string_agg(format('%%s %%s (z %%s)', r->>'feature',"
+                   " r->>'direction', round((r->>'z')::numeric, 1)), ', ')"
+                   " FROM jsonb_array_elements(reasons) r) AS reasons"
                    " FROM segmentation.detect_anomalies('demo') LIMIT 5")
             drift = conn.execute("SELECT segmentation.taxonomy_drift('demo')").fetchone()[0]  # type: ignore[index]
             print(f"\n   drift verdict: {drift['verdict']} {json.dumps(drift.get('reasons', []))}")
