@@ -168,6 +168,22 @@ def stage_source(plpy: Any, source: dict[str, Any], recipe: FeatureRecipe) -> in
     return int(row["n"])
 
 
+def stage_window(plpy: Any, game_id: str, as_of: str, recipe: FeatureRecipe) -> int:
+    """Stage the features of every player a taxonomy's recipe covers; return their count."""
+    if recipe.kind == "activity":
+        n, _ = stage_activity(plpy, game_id, as_of, recipe, with_invalid=False)
+    else:
+        source = registered_source(plpy, game_id)
+        if source is None:
+            raise InvalidFeatures("the taxonomy's feature source is no longer registered",
+                                  hint="Register it again or recalibrate.")
+        n = stage_source(plpy, source, recipe)
+    if n == 0:
+        raise EmptyWindow(f"game {game_id!r} has no players in the window up to {as_of}",
+                          hint="Pass a later as_of.")
+    return n
+
+
 def fetch(plpy: Any, recipe: FeatureRecipe, *, limit: int | None = None, seed: int = 0,
           after: str | None = None) -> tuple[list[str], np.ndarray]:
     """Player ids and raw features (n, p) from the staged population table, by player id.

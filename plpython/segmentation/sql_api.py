@@ -20,7 +20,6 @@ import segmentation
 from segmentation import population, taxonomy_store
 from segmentation.errors import (
     BatchSlotsExhausted,
-    EmptyWindow,
     InvalidArgument,
     InvalidDocument,
     InvalidFeatures,
@@ -590,17 +589,7 @@ def categorize_all(plpy: Any, GD: dict, game_id: str, as_of: str | None) -> str:
     taxonomy, recipe, doc = taxonomy_store.load(plpy, active_id)
     run_id = _start_run(plpy, "categorize_all", game_id, {"as_of": as_of, "slot": slot})
     timings: dict[str, float] = {}
-    if recipe.kind == "activity":
-        n, _ = population.stage_activity(plpy, game_id, as_of, recipe, with_invalid=False)
-    else:
-        source = population.registered_source(plpy, game_id)
-        if source is None:
-            raise InvalidFeatures("the taxonomy's feature source is no longer registered",
-                                  hint="Register it again or recalibrate.")
-        n = population.stage_source(plpy, source, recipe)
-    if n == 0:
-        raise EmptyWindow(f"game {game_id!r} has no players in the window up to {as_of}",
-                          hint="Pass a later as_of.")
+    n = population.stage_window(plpy, game_id, as_of, recipe)
     population.index_population(plpy)
     timings["features"] = time.perf_counter() - t0
     _log(plpy, run_id, f"categorizing {n} players of {game_id!r} with taxonomy {active_id}")
@@ -702,21 +691,6 @@ def categorize_all(plpy: Any, GD: dict, game_id: str, as_of: str | None) -> str:
 # -------------------------------------------------------------------- anomalies, drift
 
 
-def _stage_window(plpy: Any, game_id: str, as_of: str, recipe: FeatureRecipe) -> int:
-    if recipe.kind == "activity":
-        n, _ = population.stage_activity(plpy, game_id, as_of, recipe, with_invalid=False)
-    else:
-        source = population.registered_source(plpy, game_id)
-        if source is None:
-            raise InvalidFeatures("the taxonomy's feature source is no longer registered",
-                                  hint="Register it again or recalibrate.")
-        n = population.stage_source(plpy, source, recipe)
-    if n == 0:
-        raise EmptyWindow(f"game {game_id!r} has no players in the window up to {as_of}",
-                          hint="Pass a later as_of.")
-    return n
-
-
 @reports_errors
 def detect_anomalies(plpy: Any, GD: dict, game_id: str, as_of: str | None,
                      min_score: float | None) -> list[dict[str, Any]]:
@@ -727,7 +701,7 @@ def detect_anomalies(plpy: Any, GD: dict, game_id: str, as_of: str | None,
         raise InvalidArgument("as_of must not be NULL", hint="Omit it for current_date.")
     entry = cached_taxonomy(plpy, GD, game_id)
     tax, recipe = entry.taxonomy, entry.recipe
-    _stage_window(plpy, game_id, as_of, recipe)
+    population.stage_window(plpy, game_id, as_of, recipe)
     population.index_population(plpy)
     threshold = 1.0 if min_score is None else float(min_score)
     if threshold != threshold:  # NaN compares false with every score: it would list nobody
@@ -765,7 +739,7 @@ def taxonomy_drift(plpy: Any, GD: dict, game_id: str, as_of: str | None) -> str:
     entry = cached_taxonomy(plpy, GD, game_id)
     tax, recipe = entry.taxonomy, entry.recipe
     reference = taxonomy_store.load_document(plpy, entry.taxonomy_id)["drift_reference"]
-    n = _stage_window(plpy, game_id, as_of, recipe)
+    n = population.stage_window(plpy, game_id, as_of, recipe)
     cap = int(settings["calibration_sample_size"])
     ids, X = population.fetch(plpy, recipe, limit=cap if n > cap else None,
                               seed=int(settings["random_seed"]))
