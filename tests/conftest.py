@@ -14,6 +14,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pytest_postgresql import factories
 from segmentation_loader import install
@@ -36,6 +37,16 @@ def server_dsn(dbname: str, **overrides: object) -> str:
     return make_conninfo(**params)  # type: ignore[arg-type]
 
 
+def set_library_dir(conn: psycopg.Connection) -> None:
+    """Point a cloned database at the tests' library directory: ALTER DATABASE settings
+    are not copied by CREATE DATABASE ... TEMPLATE (autocommit connection)."""
+    from segmentation_loader.library import DEFAULT_BASE
+
+    if LIB_DIR != DEFAULT_BASE:
+        conn.execute(sql.SQL("ALTER DATABASE {} SET segmentation.python_lib_dir = {}").format(
+            sql.Identifier(conn.info.dbname), sql.Literal(str(LIB_DIR))))
+
+
 def _install_template(host: str, port: int, user: str, dbname: str, password: str | None = None,
                       **_: object) -> None:
     install.install(server_dsn(dbname), lib_base=LIB_DIR)
@@ -56,12 +67,8 @@ bare_db = factories.postgresql("bare_server")
 def db(_db: psycopg.Connection) -> psycopg.Connection:
     """The per-test clone. Database-level settings are not cloned from the template, so a
     non-default library directory is set again (the loader sets it on install)."""
-    from segmentation_loader.library import DEFAULT_BASE
-
-    if LIB_DIR != DEFAULT_BASE:
-        _db.autocommit = True
-        _db.execute(f'ALTER DATABASE "{_db.info.dbname}" SET segmentation.python_lib_dir'
-                    f" = '{LIB_DIR}'")
+    _db.autocommit = True
+    set_library_dir(_db)
     return _db
 
 

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date
 from typing import Any
 
 import psycopg
+from pytest_postgresql.janitor import DatabaseJanitor
 from segmentation_loader.generator import simulate, write_population
+
+from tests.conftest import server_dsn, set_library_dir
 
 AS_OF = date(2026, 6, 30)
 
@@ -28,3 +33,18 @@ def calibrate(conn: psycopg.Connection, game_id: str = "g1", **kwargs: Any) -> d
 def planted_labels(conn: psycopg.Connection, game_id: str) -> dict[str, str]:
     return dict(conn.execute("SELECT player_id, archetype FROM segmentation_lab.planted_labels"
                              " WHERE game_id = %s", (game_id,)).fetchall())
+
+
+@contextmanager
+def cloned_database(server: Any, name: str) -> Iterator[tuple[str, psycopg.Connection]]:
+    """A module-scoped clone of the template the loader installed: (dsn, autocommit conn).
+
+    ``server`` is the ``segmentation_server`` fixture; the clone is dropped afterwards.
+    """
+    janitor = DatabaseJanitor(user=server.user, host=server.host, port=server.port, dbname=name,
+                              template_dbname=server.template_dbname, password=server.password)
+    with janitor:
+        dsn = server_dsn(name)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            set_library_dir(conn)
+            yield dsn, conn

@@ -23,12 +23,8 @@ from typing import Any
 
 import psycopg
 import pytest
-from psycopg import sql
-from pytest_postgresql.janitor import DatabaseJanitor
-from segmentation_loader.library import DEFAULT_BASE
 
-from tests.conftest import LIB_DIR, server_dsn
-from tests.db.helpers import AS_OF, calibrate, load_population
+from tests.db.helpers import AS_OF, calibrate, cloned_database, load_population
 
 pytestmark = pytest.mark.db
 
@@ -444,24 +440,15 @@ class World:
     conn: psycopg.Connection
 
 
-def _clone(server: Any, name: str) -> DatabaseJanitor:
-    return DatabaseJanitor(user=server.user, host=server.host, port=server.port, dbname=name,
-                           template_dbname=server.template_dbname, password=server.password)
-
 
 @pytest.fixture(scope="module")
 def world(segmentation_server: Any) -> Iterator[World]:
     dbname = f"seg_badinput_{os.getpid()}"
-    with _clone(segmentation_server, dbname):
-        dsn = server_dsn(dbname)
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            if LIB_DIR != DEFAULT_BASE:  # database settings are not cloned
-                conn.execute(sql.SQL("ALTER DATABASE {} SET segmentation.python_lib_dir = {}")
-                             .format(sql.Identifier(dbname), sql.Literal(str(LIB_DIR))))
-            load_population(conn, "g1", players=600, seed=41)
-            calibrate(conn)
-            conn.execute("SELECT segmentation.categorize_all('g1', %s)", (AS_OF,))
-            yield World(dsn, conn)
+    with cloned_database(segmentation_server, dbname) as (dsn, conn):
+        load_population(conn, "g1", players=600, seed=41)
+        calibrate(conn)
+        conn.execute("SELECT segmentation.categorize_all('g1', %s)", (AS_OF,))
+        yield World(dsn, conn)
 
 
 @dataclass(frozen=True)

@@ -29,11 +29,8 @@ import psycopg
 import pytest
 from psycopg import sql
 from psycopg.types.json import Jsonb
-from pytest_postgresql.janitor import DatabaseJanitor
-from segmentation_loader.library import DEFAULT_BASE
 
-from tests.conftest import LIB_DIR, server_dsn
-from tests.db.helpers import AS_OF, calibrate, load_population
+from tests.db.helpers import AS_OF, calibrate, cloned_database, load_population
 
 pytestmark = pytest.mark.db
 
@@ -64,10 +61,6 @@ class World:
     failures: list[str] = field(default_factory=list)
 
 
-def _clone(server: Any, name: str) -> DatabaseJanitor:
-    return DatabaseJanitor(user=server.user, host=server.host, port=server.port, dbname=name,
-                           template_dbname=server.template_dbname, password=server.password)
-
 
 SETUP = [
     "CREATE TABLE public.canary (id int PRIMARY KEY, note text NOT NULL)",
@@ -92,24 +85,19 @@ SETUP = [
 @pytest.fixture(scope="module")
 def world(segmentation_server: Any) -> Iterator[World]:
     dbname = f"seg_inject_{os.getpid()}"
-    with _clone(segmentation_server, dbname):
-        dsn = server_dsn(dbname)
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            if LIB_DIR != DEFAULT_BASE:  # database settings are not cloned
-                conn.execute(sql.SQL("ALTER DATABASE {} SET segmentation.python_lib_dir = {}")
-                             .format(sql.Identifier(dbname), sql.Literal(str(LIB_DIR))))
-            load_population(conn, "g1", players=600, seed=31)
-            calibrate(conn)
-            conn.execute("SELECT segmentation.categorize_all('g1', %s)", (AS_OF,))
-            for statement in SETUP:
-                conn.execute(statement)
-            w = World(dsn, conn)
-            before = _reference_state(conn)
-            yield w
-            assert _reference_state(conn) == before
-            _assert_nothing_escaped(conn)
-            conn.execute("DROP EVENT TRIGGER seg_log_ddl")
-            conn.execute("DROP EVENT TRIGGER seg_log_drop")
+    with cloned_database(segmentation_server, dbname) as (dsn, conn):
+        load_population(conn, "g1", players=600, seed=31)
+        calibrate(conn)
+        conn.execute("SELECT segmentation.categorize_all('g1', %s)", (AS_OF,))
+        for statement in SETUP:
+            conn.execute(statement)
+        w = World(dsn, conn)
+        before = _reference_state(conn)
+        yield w
+        assert _reference_state(conn) == before
+        _assert_nothing_escaped(conn)
+        conn.execute("DROP EVENT TRIGGER seg_log_ddl")
+        conn.execute("DROP EVENT TRIGGER seg_log_drop")
 
 
 def _reference_state(conn: psycopg.Connection) -> tuple[Any, ...]:

@@ -21,12 +21,10 @@ import psycopg
 import pytest
 from psycopg import sql
 from psycopg.types.json import Jsonb
-from pytest_postgresql.janitor import DatabaseJanitor
 from segmentation import __version__
-from segmentation_loader.library import DEFAULT_BASE
 
-from tests.conftest import LIB_DIR, server_dsn
-from tests.db.helpers import AS_OF, calibrate, load_population
+from tests.conftest import server_dsn
+from tests.db.helpers import AS_OF, calibrate, cloned_database, load_population
 
 pytestmark = pytest.mark.db
 
@@ -130,35 +128,26 @@ class World:
     params: dict[str, Any] = field(default_factory=dict)
 
 
-def _clone(server: Any, name: str) -> DatabaseJanitor:
-    return DatabaseJanitor(user=server.user, host=server.host, port=server.port, dbname=name,
-                           template_dbname=server.template_dbname, password=server.password)
-
 
 @pytest.fixture(scope="module")
 def world(segmentation_server: Any) -> Iterator[World]:
     """One calibrated, categorized game g1 (600 players) and a login role per group."""
     dbname = f"seg_roles_{PID}"
     roles = {r: f"seg_{r}_{PID}" for r in ROLES}
-    with _clone(segmentation_server, dbname):
-        dsn = server_dsn(dbname)
-        with psycopg.connect(dsn, autocommit=True) as su:
-            if LIB_DIR != DEFAULT_BASE:  # database settings are not cloned
-                su.execute(sql.SQL("ALTER DATABASE {} SET segmentation.python_lib_dir = {}")
-                           .format(sql.Identifier(dbname), sql.Literal(str(LIB_DIR))))
-            load_population(su, "g1", players=600, seed=21)
-            taxonomy_id = calibrate(su)["taxonomy_id"]
-            su.execute("SELECT segmentation.categorize_all('g1', %s)", (AS_OF,))
-            doc = su.execute("SELECT segmentation.export_taxonomy(%s)",
-                             (taxonomy_id,)).fetchone()[0]
-            su.execute("CREATE TABLE public.role_source (player_id text, a float8, b float8)")
-            for role, login in roles.items():
-                su.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(login)))
-                su.execute(sql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE")
-                           .format(sql.Identifier(login)))
-                if GROUPS[role]:
-                    su.execute(sql.SQL("GRANT {} TO {}").format(
-                        sql.Identifier(GROUPS[role]), sql.Identifier(login)))
+    with cloned_database(segmentation_server, dbname) as (dsn, su):
+        load_population(su, "g1", players=600, seed=21)
+        taxonomy_id = calibrate(su)["taxonomy_id"]
+        su.execute("SELECT segmentation.categorize_all('g1', %s)", (AS_OF,))
+        doc = su.execute("SELECT segmentation.export_taxonomy(%s)",
+                         (taxonomy_id,)).fetchone()[0]
+        su.execute("CREATE TABLE public.role_source (player_id text, a float8, b float8)")
+        for role, login in roles.items():
+            su.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(login)))
+            su.execute(sql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE")
+                       .format(sql.Identifier(login)))
+            if GROUPS[role]:
+                su.execute(sql.SQL("GRANT {} TO {}").format(
+                    sql.Identifier(GROUPS[role]), sql.Identifier(login)))
         w = World(dbname, dsn, roles, params={"as_of": AS_OF, "taxonomy_id": taxonomy_id,
                                       "doc": Jsonb(doc)})
         try:
