@@ -32,6 +32,7 @@ import numpy as np
 ACTIVITY_BASE_FEATURES = ("active_days", "days_since_last", "tenure_days")
 MAX_METRICS = 200
 MAX_NUMBER_CHARS = 24
+_NAN = float("nan")
 METRIC_SAMPLE_ROWS = 20_000
 
 
@@ -60,6 +61,11 @@ class FeatureRecipe:
     def feature_index(self) -> dict[str, int]:
         """Column of each feature name (computed once per recipe)."""
         return {n: i for i, n in enumerate(self.feature_names)}
+
+    @functools.cached_property
+    def metric_keys(self) -> list[tuple[str, str, str]]:
+        """(metric, its total's feature name, its rate's feature name) per metric."""
+        return [(m, f"{m}_total", f"{m}_per_day") for m in self.metrics]
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"kind": self.kind, "feature_names": self.feature_names}
@@ -176,8 +182,8 @@ def features_from_aggregates(agg: np.ndarray) -> np.ndarray:
     return np.hstack([totals, rates, base])
 
 
-def features_from_metric_vector(values: dict[str, Any], recipe: FeatureRecipe) -> np.ndarray:
-    """Raw feature vector (p,) from an ad-hoc jsonb object.
+def features_from_metric_vector(values: dict[str, Any], recipe: FeatureRecipe) -> list[float]:
+    """Raw feature vector (p values, recipe order) from an ad-hoc jsonb object.
 
     Accepts either feature names of the recipe (``sessions_total``, ...,
     ``active_days``) or, for activity recipes, raw metric totals keyed by metric
@@ -186,10 +192,8 @@ def features_from_metric_vector(values: dict[str, Any], recipe: FeatureRecipe) -
     Plain Python on purpose: this runs once per categorize_player call, where
     numpy's per-element overhead would dominate.
     """
-    names = recipe.feature_names
-    nan = float("nan")
-    x = [nan] * len(names)
     index = recipe.feature_index
+    x = [_NAN] * len(index)
     for key, value in values.items():
         i = index.get(key)
         if i is not None:
@@ -197,11 +201,11 @@ def features_from_metric_vector(values: dict[str, Any], recipe: FeatureRecipe) -
     if recipe.kind == "activity":
         m = len(recipe.metrics)
         active = values.get("active_days")
-        for j, metric in enumerate(recipe.metrics):
+        for j, (metric, total_key, rate_key) in enumerate(recipe.metric_keys):
             value = values.get(metric)
-            if value is not None and f"{metric}_total" not in values:
+            if value is not None and total_key not in values:
                 x[j] = float(value)
             total = x[j]
-            if active and total == total and f"{metric}_per_day" not in values:
+            if active and total == total and rate_key not in values:
                 x[m + j] = total / float(active)
-    return np.array(x)
+    return x

@@ -9,7 +9,8 @@ Mahalanobis terms into one matrix-vector product precomputed on first use, and a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,84 +47,99 @@ class Scores:
 
 
 class _FastScorer:
-    """Single-row scorer with every per-model product precomputed (p kept features)."""
+    """Single-row scorer with every per-model product precomputed (p kept features).
+
+    Built for the request path, where a call runs with cold CPU caches and each numpy
+    call costs microseconds of dispatch: one numpy product does the O(p) work - it maps
+    the clipped, log-transformed row (with a trailing 1 for the folded standardisation)
+    to [axis scores (d) | off-axis coordinates (m) | whitened offsets to every segment
+    (k*d)] - and the O(k*d) rest is plain Python on those few numbers.
+    """
 
     def __init__(self, taxonomy: Taxonomy, column_index: np.ndarray | None) -> None:
         prep, axes = taxonomy.preparation, taxonomy.axes
         mm = taxonomy.membership
-        self.column_index = column_index
-        self.impute = prep.impute
-        self.lower = prep.clip[:, 0].copy()
-        self.upper = prep.clip[:, 1].copy()
-        self.log_mask = prep.log_transform.copy()
-        self.any_log = bool(self.log_mask.any())
-        self.center = prep.center
-        self.scale = prep.scale
-        d, k = axes.n_axes, mm.n_segments
-        self.d, self.k = d, k
         anomaly = taxonomy.anomaly
-        m = anomaly.residual_basis.shape[1]
-        self.m = m
-        # One product z @ fused gives [axis scores (d) | off-axis coordinates (m) |
-        # whitened offsets to every segment (k*d)].
-        self.fused = np.ascontiguousarray(
-            np.hstack([axes.weights, anomaly.residual_basis, axes.weights @ mm.stacked_precision])
-        )
-        self.offset = np.concatenate([np.zeros(d + m), mm.stacked_offset])
-        self.log_norm = mm.log_norm
-        # y*y @ half_block_sum = -||y_j||^2 / 2 per segment: block sum and scaling in one product.
-        self.half_block_sum = -0.5 * np.kron(np.eye(k), np.ones((d, 1)))
-        self.anomaly = anomaly
-        self.segment_offsets = anomaly.segment_offsets
-        self.means = mm.segments.means
-        self.tail_directions = anomaly.tail_directions
-        self.precision_cholesky = mm.precision_cholesky
+        self.column_index = None if column_index is None else column_index.tolist()
+        self.impute = prep.impute.tolist()
+        self.bounds = prep.clip.tolist()
+        self.log_columns = np.flatnonzero(prep.log_transform).tolist()
+        d, k, m = axes.n_axes, mm.n_segments, anomaly.residual_basis.shape[1]
+        self.d, self.k, self.m = d, k, m
+        # z = (x - center) / scale, so z @ fused - offset = [x, 1] @ [fused / scale;
+        # -((center / scale) @ fused + offset)].
+        fused = np.hstack(
+            [axes.weights, anomaly.residual_basis, axes.weights @ mm.stacked_precision])
+        offset = np.concatenate([np.zeros(d + m), mm.stacked_offset])
+        self.product = np.ascontiguousarray(np.vstack(
+            [fused / prep.scale[:, None], -((prep.center / prep.scale) @ fused + offset)]))
+        self.log_norm = mm.log_norm.tolist()
+        self.segment_offsets = anomaly.segment_offsets.tolist()
         self.segment_scales = anomaly.segment_scales.tolist()
+        # The one-sided outlier distance of segment j whitens the offset with the
+        # components beyond the mean in the segment's tail direction set to zero, i.e.
+        # y_j - sum over those components i of delta_i * P_j[i]. Per segment: the
+        # (i, direction, mean_i, P_j[i]) that can be zeroed.
+        means, tails, chol = mm.segments.means, anomaly.tail_directions, mm.precision_cholesky
+        self.tail_terms = [
+            [(i, float(tails[j, i]), float(means[j, i]), chol[j, i].tolist())
+             for i in range(d) if tails[j, i] != 0.0]
+            for j in range(k)]
+        self.anomaly = anomaly
         self.segment_ids = list(taxonomy.segment_ids)
         self.segment_names = list(taxonomy.segment_names)
 
-    def __call__(self, x_raw: np.ndarray) -> dict[str, Any]:
-        x = np.asarray(x_raw, dtype=np.float64)
-        x = x[self.column_index] if self.column_index is not None else x.copy()
-        finite = np.isfinite(x)
+    def __call__(self, x_raw: np.ndarray | Sequence[float]) -> dict[str, Any]:
+        x = x_raw.tolist() if isinstance(x_raw, np.ndarray) else list(x_raw)
+        if self.column_index is not None:
+            x = [x[i] for i in self.column_index]
         n_bad = 0
-        if not finite.all():
-            n_bad = int(x.size - np.count_nonzero(finite))
-            x = np.where(finite, x, self.impute)
-        np.maximum(x, self.lower, out=x)
-        np.minimum(x, self.upper, out=x)
-        if self.any_log:
-            np.log1p(x, out=x, where=self.log_mask)
-        x -= self.center
-        x /= self.scale
-        out = x @ self.fused
-        out -= self.offset
-        d, m = self.d, self.m
+        total = sum(x)  # NaN and inf propagate; a finite overflow only takes the exact path
+        if total - total != 0.0:
+            n_bad = sum(1 for v in x if not math.isfinite(v))
+            x = [v if math.isfinite(v) else fill for v, fill in zip(x, self.impute, strict=True)]
+        x = [lo if v < lo else hi if v > hi else v
+             for v, (lo, hi) in zip(x, self.bounds, strict=True)]
+        for i in self.log_columns:
+            x[i] = math.log1p(x[i])
+        x.append(1.0)
+        out = (np.array(x) @ self.product).tolist()
+        d, m, k = self.d, self.m, self.k
+        axis_scores = out[:d]
         y = out[d + m :]
-        y *= y
-        half_maha = y @ self.half_block_sum
-        lp = half_maha + self.log_norm
-        primary = int(lp.argmax())
-        lp -= lp[primary]
-        post = np.exp(lp)
-        post /= post.sum()
-        dev = out[d : d + m] - self.segment_offsets[primary]
-        residual = float(dev @ dev) / self.segment_scales[primary]
-        # One-sided outlier distance: deviations beyond the segment mean in its
-        # characteristic direction are zeroed before whitening (see anomalies).
-        delta = out[:d] - self.means
-        delta[delta * self.tail_directions > 0.0] = 0.0
-        w = np.matmul(delta[:, None, :], self.precision_cholesky)
-        w *= w
-        outlier = float(w.sum(axis=2).min())
+        maha = [sum(v * v for v in y[j * d : (j + 1) * d]) for j in range(k)]
+        lp = [c - 0.5 * q for c, q in zip(self.log_norm, maha, strict=True)]
+        top = max(lp)
+        primary = lp.index(top)
+        ex = [math.exp(v - top) for v in lp]
+        norm = 1.0 / sum(ex)
+        posteriors = [v * norm for v in ex]
+        rho = self.segment_offsets[primary]
+        residual = sum((u - r) ** 2 for u, r in zip(out[d : d + m], rho, strict=True))
+        residual /= self.segment_scales[primary]
+        outlier = math.inf
+        for j, terms in enumerate(self.tail_terms):
+            dist = maha[j]
+            if terms:
+                w = y[j * d : (j + 1) * d]
+                masked = False
+                for i, direction, mean, row in terms:
+                    delta = axis_scores[i] - mean
+                    if delta * direction > 0.0:
+                        w = [a - delta * b for a, b in zip(w, row, strict=True)]
+                        masked = True
+                if masked:
+                    dist = sum(v * v for v in w)
+            if dist < outlier:
+                outlier = dist
         score, is_anomaly, kind = self.anomaly.classify_one(residual, outlier)
         return {
-            "axis_scores": out[:d].tolist(),
-            "posteriors": post.tolist(),
+            "axis_scores": axis_scores,
+            "posteriors": posteriors,
             "primary": primary,
             "segment_id": self.segment_ids[primary],
             "segment_name": self.segment_names[primary],
-            "membership": float(post[primary]),
+            "membership": posteriors[primary],
             "anomaly_score": score,
             "is_anomaly": is_anomaly,
             "anomaly_kind": kind,
@@ -212,15 +228,25 @@ class Taxonomy:
 
         Keys: ``axis_scores`` (list d), ``posteriors`` (list k), ``primary``, ``segment_id``,
         ``segment_name``, ``membership``, ``anomaly_score``, ``is_anomaly``,
-        ``anomaly_kind``, ``residual``, ``outlier``, ``n_non_finite``. The column lookup for
-        ``feature_names_full`` is cached per distinct name list.
+        ``anomaly_kind``, ``residual``, ``outlier``, ``n_non_finite``.
+        """
+        return self.scorer(feature_names_full)(x_raw)
+
+    def scorer(
+        self, feature_names_full: Sequence[str] | None = None
+    ) -> Callable[[np.ndarray | Sequence[float]], dict[str, Any]]:
+        """The :meth:`score_one` function for rows laid out as ``feature_names_full``.
+
+        Built once per distinct layout; a caller that scores many rows keeps it.
         """
         key = None if feature_names_full is None else tuple(feature_names_full)
         scorer = self._fast.get(key)
         if scorer is None:
             idx = None if key is None else self.preparation.column_index(key)
+            if key is not None and list(key) == list(self.feature_names):
+                idx = None  # already in model order: skip a per-call gather
             scorer = self._fast[key] = _FastScorer(self, idx)
-        return scorer(x_raw)
+        return scorer
 
     def explain(
         self,

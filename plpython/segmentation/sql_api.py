@@ -7,11 +7,12 @@ and writes results back. Core errors become ``plpy.error`` with their SQLSTATE.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import numpy as np
@@ -415,12 +416,42 @@ class _Cached:
         self.loaded_at = time.monotonic()
         self.expires_at = self.loaded_at + ttl
         self.feature_names = self.recipe.feature_names
-        self.known_keys = set(self.feature_names) | set(self.recipe.metrics)
+        self.known_keys = frozenset(self.feature_names) | frozenset(self.recipe.metrics)
         self.segment_names = list(self.taxonomy.segment_names)
         self.axis_names = list(self.taxonomy.axes.names)
         self.segment_json = [json.dumps(n) for n in self.segment_names]
         self.axis_json = [json.dumps(n) for n in self.axis_names]
         self.player_plan: Any = None
+        # Taxonomy.score_one for raw vectors in recipe order, precomputed here so the
+        # first caller does not pay for it.
+        self.score = self.taxonomy.scorer(self.feature_names)
+        escaped = [k.replace("%", "%%") for k in self.segment_json]
+        self.memberships_format = "{" + ", ".join(f"{k}: %r" for k in escaped) + "}"
+        escaped = [k.replace("%", "%%") for k in self.axis_json]
+        self.axis_scores_format = "{" + ", ".join(f"{k}: %r" for k in escaped) + "}"
+
+
+# The active-version check runs on every categorize_player(game, features) call, which
+# has no SET search_path (see sql/200_categorization.sql): every name in it is
+# schema-qualified, operator included, so the caller's search_path cannot redirect it.
+_ACTIVE_ID_SQL = (
+    "SELECT t.taxonomy_id FROM segmentation.game_behavioral_taxonomy t"
+    " WHERE t.game_id OPERATOR(pg_catalog.=) $1 AND t.is_active")
+
+
+@contextlib.contextmanager
+def _pinned_search_path(plpy: Any) -> Iterator[None]:
+    """Run the block with ``search_path = pg_catalog, pg_temp``, then restore the caller's.
+
+    For functions without a SET clause: only their rare paths (a cache miss) need it.
+    """
+    previous = plpy.execute("SELECT pg_catalog.current_setting('search_path') AS p")[0]["p"]
+    plpy.execute("SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true)")
+    try:
+        yield
+    finally:
+        plpy.execute(plpy.prepare("SELECT pg_catalog.set_config('search_path', $1, true)",
+                                  ["pg_catalog.text"]), [previous])
 
 
 def cached_taxonomy(plpy: Any, GD: dict, game_id: str) -> _Cached:
@@ -428,64 +459,70 @@ def cached_taxonomy(plpy: Any, GD: dict, game_id: str) -> _Cached:
 
     One indexed lookup per call detects a re-activation at once; otherwise the entry
     is re-read after ``segmentation.cache_ttl_seconds``. An entry is replaced whole,
-    so a caller never scores with parts of two versions.
+    so a caller never scores with parts of two versions. Safe under any caller
+    search_path: the lookup is schema-qualified and a reload pins the path.
     """
-    active_id = taxonomy_store.active_taxonomy_id(plpy, game_id)
-    if active_id is None:
+    plan = GD.get("segmentation.active_id_plan")
+    if plan is None:
+        plan = GD["segmentation.active_id_plan"] = plpy.prepare(
+            _ACTIVE_ID_SQL, ["pg_catalog.text"])
+    rows = plpy.execute(plan, [game_id])
+    if not rows:
         raise NoActiveTaxonomy(
             f"game {game_id!r} has no active taxonomy",
             hint=f"Run SELECT segmentation.calibrate_taxonomy({game_id!r}) first, or activate "
                  "a version with segmentation.activate_taxonomy(taxonomy_id).")
+    active_id = rows[0]["taxonomy_id"]
     cache: dict[str, _Cached] = GD.setdefault("segmentation.cache", {})
     entry = cache.get(game_id)
     if entry is None or entry.taxonomy_id != active_id or time.monotonic() > entry.expires_at:
-        ttl = read_settings(plpy, ("cache_ttl_seconds",))["cache_ttl_seconds"]
-        entry = cache[game_id] = _Cached(plpy, active_id, ttl)
+        with _pinned_search_path(plpy):
+            ttl = read_settings(plpy, ("cache_ttl_seconds",))["cache_ttl_seconds"]
+            entry = cache[game_id] = _Cached(plpy, int(active_id), ttl)
     return entry
 
 
-def _json_object(keys_json: list[str], values: list[float]) -> str:
-    # The hot path: keys are JSON-escaped once per taxonomy; repr() of a finite Python
-    # float is a valid JSON number. About 5x faster than json.dumps of a fresh dict.
-    return "{" + ", ".join([f"{k}: {v!r}" for k, v in zip(keys_json, values, strict=True)]) + "}"
+def _answer(entry: _Cached, scored: dict[str, Any]) -> tuple:
+    """One segmentation.categorization record, as a tuple in the type's attribute order.
 
-
-def _answer(entry: _Cached, scored: dict[str, Any]) -> dict[str, Any]:
+    The jsonb values are formatted from per-taxonomy templates (keys JSON-escaped once;
+    repr() of a finite float is a valid JSON number): several times faster than
+    json.dumps on this path, which runs once per categorize_player call.
+    """
     axis_scores = scored["axis_scores"]
     posteriors = scored["posteriors"]
     first = scored["primary"]
-    runner = max((j for j in range(len(posteriors)) if j != first),
-                 key=posteriors.__getitem__, default=None)
+    ranked = sorted(range(len(posteriors)), key=posteriors.__getitem__, reverse=True)
+    runner = next((j for j in ranked if j != first), None)
     drivers = sorted(range(len(axis_scores)), key=lambda a: -abs(axis_scores[a]))[:2]
-    top_axes = ", ".join(f'{{"axis": {entry.axis_json[a]}, "score": {axis_scores[a]!r}}}'
-                         for a in drivers)
+    top_axes = ", ".join([f'{{"axis": {entry.axis_json[a]}, "score": {axis_scores[a]!r}}}'
+                          for a in drivers])
     margin = posteriors[first] - (posteriors[runner] if runner is not None else 0.0)
     explanation = (
         f'{{"top_axes": [{top_axes}], '
         f'"runner_up": {entry.segment_json[runner] if runner is not None else "null"}, '
         f'"margin": {margin!r}, "anomaly_kind": "{scored["anomaly_kind"]}", '
         f'"imputed_features": {scored["n_non_finite"]}}}')
-    return {
-        "taxonomy_id": entry.taxonomy_id,
-        "taxonomy_version": entry.version,
-        "segment_id": scored["segment_id"],
-        "segment_name": scored["segment_name"],
-        "membership": scored["membership"],
-        "memberships": _json_object(entry.segment_json, posteriors),
-        "axis_scores": _json_object(entry.axis_json, axis_scores),
-        "anomaly_score": scored["anomaly_score"],
-        "is_anomaly": scored["is_anomaly"],
-        "explanation": explanation,
-    }
+    return (
+        entry.taxonomy_id,
+        entry.version,
+        scored["segment_id"],
+        scored["segment_name"],
+        scored["membership"],
+        entry.memberships_format % tuple(posteriors),
+        entry.axis_scores_format % tuple(axis_scores),
+        scored["anomaly_score"],
+        scored["is_anomaly"],
+        explanation,
+    )
 
 
-@reports_errors
-def categorize_features(plpy: Any, GD: dict, game_id: str, features: str | None) -> dict:
-    entry = cached_taxonomy(plpy, GD, _check_game_id(game_id))
-    if features is None:
-        raise InvalidFeatures("features must not be NULL",
-                              hint="Pass a jsonb object such as '{\"sessions_total\": 12}'.")
-    values = json.loads(features)
+# Largest magnitude a JSON integer may have and still become a finite float8.
+_FLOAT8_MAX = float(np.finfo(np.float64).max)
+
+
+def _checked_features(entry: _Cached, values: Any) -> dict[str, float | int]:
+    """The caller's object without nulls, or InvalidFeatures saying what is wrong with it."""
     if not isinstance(values, dict) or not values:
         raise InvalidFeatures("features must be a non-empty jsonb object",
                               hint=f"Known keys: {sorted(entry.known_keys)}.")
@@ -503,9 +540,23 @@ def categorize_features(plpy: Any, GD: dict, game_id: str, features: str | None)
         raise InvalidFeatures(f"feature values beyond the float8 range: {sorted(huge)[:10]}",
                               hint="Send finite JSON numbers (|x| < 1.7e308); null means "
                                    "unknown (imputed).")
-    x = features_from_metric_vector({k: v for k, v in values.items() if v is not None},
-                                    entry.recipe)
-    return _answer(entry, entry.taxonomy.score_one(x, entry.feature_names))
+    return {k: v for k, v in values.items() if v is not None}
+
+
+@reports_errors
+def categorize_features(plpy: Any, GD: dict, game_id: str, features: str | None) -> tuple:
+    entry = cached_taxonomy(plpy, GD, _check_game_id(game_id))
+    if features is None:
+        raise InvalidFeatures("features must not be NULL",
+                              hint="Pass a jsonb object such as '{\"sessions_total\": 12}'.")
+    values = json.loads(features)
+    # The common case in one cheap pass (type() is exact: bool is not int here); anything
+    # unusual takes the careful path, which names the problem or drops nulls.
+    if not (type(values) is dict and values and values.keys() <= entry.known_keys
+            and all(type(v) is float or (type(v) is int and -_FLOAT8_MAX <= v <= _FLOAT8_MAX)
+                    for v in values.values())):
+        values = _checked_features(entry, values)
+    return _answer(entry, entry.score(features_from_metric_vector(values, entry.recipe)))
 
 
 @reports_errors
@@ -555,7 +606,7 @@ def categorize_player(plpy: Any, GD: dict, game_id: str, player_id: str | None,
                                 hint="Check the player id.")
         x = np.array([np.nan if rows[0][c] is None else rows[0][c] for c in recipe.columns],
                      dtype=np.float64)
-    return _answer(entry, entry.taxonomy.score_one(x, entry.feature_names))
+    return _answer(entry, entry.score(x))
 
 
 BATCH_CHUNK = 50_000

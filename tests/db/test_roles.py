@@ -207,13 +207,76 @@ def test_no_security_definer_and_search_path_pinned(world: World) -> None:
                       FROM unnest(p.proconfig) c WHERE c LIKE 'search\\_path=%')
               FROM pg_proc p WHERE p.pronamespace = 'segmentation'::regnamespace""").fetchall()
     assert len(rows) >= 20
+    unpinned = {name for name, _, _, search_path in rows if search_path is None}
+    # The one justified exception (sql/200_categorization.sql), proven safe by
+    # test_categorize_player_features_under_a_hostile_search_path.
+    assert unpinned == {"segmentation.categorize_player(text,jsonb)"}
     for name, secdef, comment, search_path in rows:
-        assert search_path is not None, f"{name} has no pinned search_path"
+        if search_path is None:
+            continue
         # pg_temp last (or an empty path): temporary objects can never shadow ours.
         parts = [p.strip() for p in search_path.split(",") if p.strip()]
         assert not parts or parts[-1] == "pg_temp", (name, search_path)
         if secdef:  # allowed only with a justification in its comment
             assert comment and "SECURITY DEFINER" in comment, name
+
+
+HOSTILE = [
+    "CREATE SCHEMA hostile",
+    # Every text comparison, type name "text" and unqualified call resolved through
+    # this schema fails loudly: search_path lists it before pg_catalog.
+    "CREATE FUNCTION hostile.trap(text, text) RETURNS boolean LANGUAGE plpgsql"
+    " AS $$ BEGIN RAISE EXCEPTION 'hostile operator called'; END $$",
+    "CREATE OPERATOR hostile.= (LEFTARG = text, RIGHTARG = text, FUNCTION = hostile.trap)",
+    "CREATE FUNCTION hostile.current_setting(text) RETURNS text LANGUAGE plpgsql"
+    " AS $$ BEGIN RAISE EXCEPTION 'hostile function called'; END $$",
+    "CREATE FUNCTION hostile.set_config(text, text, boolean) RETURNS text LANGUAGE plpgsql"
+    " AS $$ BEGIN RAISE EXCEPTION 'hostile function called'; END $$",
+    "CREATE DOMAIN hostile.text AS pg_catalog.int4 CHECK (false)",
+    "CREATE TABLE hostile.game_behavioral_taxonomy (taxonomy_id bigint, game_id text,"
+    " is_active boolean)",
+]
+
+
+def test_categorize_player_features_under_a_hostile_search_path(world: World) -> None:
+    """categorize_player(text, jsonb) has no SET search_path (the one exception above).
+
+    Under a search_path that puts a schema of traps before pg_catalog, a cold backend
+    (taxonomy load) and a warm one (hot path) answer exactly as under a clean path,
+    no trap fires, and the caller's search_path is left as it was.
+    """
+    call = ("SELECT * FROM segmentation.categorize_player("
+            "'g1'::pg_catalog.text, '{\"sessions\": 3}'::pg_catalog.jsonb)")
+    with psycopg.connect(world.dsn, autocommit=True) as su:
+        expected = su.execute(call).fetchone()
+        try:
+            for statement in HOSTILE:
+                su.execute(statement)
+            with psycopg.connect(world.dsn, autocommit=True) as conn:
+                conn.execute("SET search_path = hostile, pg_catalog, public")
+                # The traps work: unqualified names do reach them.
+                with pytest.raises(psycopg.errors.RaiseException, match="hostile operator"):
+                    conn.execute("SELECT 'a'::pg_catalog.text = 'b'::pg_catalog.text")
+                assert conn.execute(call).fetchone() == expected  # cold: loads the taxonomy
+                assert conn.execute(call).fetchone() == expected  # warm: cached
+                assert conn.execute("SHOW search_path").fetchone() == (
+                    "hostile, pg_catalog, public",)
+                # A reload inside a transaction (another session activated a copy of
+                # the taxonomy) pins the path for the load only.
+                copy = su.execute(
+                    "SELECT (segmentation.import_taxonomy(segmentation.export_taxonomy(%s),"
+                    " 'g1', true) ->> 'taxonomy_id')::bigint",
+                    (world.params["taxonomy_id"],)).fetchone()[0]
+                with conn.transaction():
+                    conn.execute("SET LOCAL search_path = hostile, pg_catalog")
+                    reloaded = conn.execute(call).fetchone()
+                    assert reloaded[0] == copy and reloaded[2:] == expected[2:]
+                    assert conn.execute("SHOW search_path").fetchone() == (
+                        "hostile, pg_catalog",)
+        finally:
+            su.execute("DROP SCHEMA IF EXISTS hostile CASCADE")
+            su.execute("SELECT segmentation.activate_taxonomy(%s)",
+                       (world.params["taxonomy_id"],))
 
 
 def test_public_and_a_fresh_role_have_no_privilege(world: World) -> None:
