@@ -222,10 +222,32 @@ def main() -> int:
         conn.execute("INSERT INTO bench_pk SELECT g, md5(g::text)"
                      " FROM generate_series(1, 1000000) g")
         conn.execute("VACUUM ANALYZE bench_pk")
+        # The platform's floor for categorize_player(features): a PL/Python function of
+        # the same signature and result type that does no scoring, without and with the
+        # one indexed lookup of the active taxonomy every call makes.
+        answer = ("(1, 1, 1, 'segment', 0.9, '{\"a\": 0.9, \"b\": 0.1}', '{\"x\": 0.5}', 0.1,"
+                  " False, '{}')")
+        conn.execute("CREATE OR REPLACE FUNCTION public.bench_floor(game_id text, f jsonb)"
+                     " RETURNS segmentation.categorization LANGUAGE plpython3u STABLE AS $$\n"
+                     f"return {answer}\n$$")
+        conn.execute("CREATE OR REPLACE FUNCTION public.bench_floor_lookup(game_id text,"
+                     " f jsonb) RETURNS segmentation.categorization LANGUAGE plpython3u STABLE"
+                     " AS $$\nplan = SD.get('p')\nif plan is None:\n"
+                     "    plan = SD['p'] = plpy.prepare('SELECT taxonomy_id FROM"
+                     " segmentation.game_behavioral_taxonomy WHERE game_id = $1 AND is_active',"
+                     " ['text'])\nplpy.execute(plan, [game_id])\n"
+                     f"return {answer}\n$$")
     pk = "\\set id random(1, 1000000)\nSELECT * FROM bench_pk WHERE id = :id;\n"
-    feats = ("\\set s random(1, 60)\n\\set m random(1, 3000)\n\\set d random(1, 90)\n"
-             f"SELECT * FROM segmentation.categorize_player('{game}', ('{{\"sessions\": ' || :s"
-             " || ', \"minutes_played\": ' || :m || ', \"active_days\": ' || :d || '}')::jsonb);\n")
+
+    def features_script(function: str) -> str:
+        return ("\\set s random(1, 60)\n\\set m random(1, 3000)\n\\set d random(1, 90)\n"
+                f"SELECT * FROM {function}('{game}', ('{{\"sessions\": ' || :s"
+                " || ', \"minutes_played\": ' || :m || ', \"active_days\": ' || :d"
+                " || '}')::jsonb);\n")
+
+    feats = features_script("segmentation.categorize_player")
+    floor = features_script("public.bench_floor")
+    floor_lookup = features_script("public.bench_floor_lookup")
     by_id = (f"\\set p random(0, {largest - 1})\n"
              f"SELECT * FROM segmentation.categorize_player('{game}',"
              f" 'p' || lpad(:p::text, 7, '0'), '{AS_OF}');\n")
@@ -233,7 +255,11 @@ def main() -> int:
     say()
     say(f"Baseline: `SELECT * FROM bench_pk WHERE id = :id` on a 1,000,000-row table with an"
         f" integer primary key. categorize_player(player_id) runs on the {largest:,}-player,"
-        " 90-day population. Latencies in ms, from pgbench's per-transaction log.")
+        " 90-day population. Latencies in ms, from pgbench's per-transaction log. The"
+        " two floor rows (4 clients) are PL/Python functions with categorize_player's"
+        " signature and result type that do no scoring - returning a constant record, and"
+        " that plus the one indexed lookup of the active taxonomy each call must make: no"
+        " implementation in PL/Python that makes that check through SPI can be faster here.")
     say()
     say("| statement | clients | throughput | p50 | p95 | p99 | failed | throughput vs PK SELECT |")
     say("|---|---|---|---|---|---|---|---|")
@@ -246,6 +272,11 @@ def main() -> int:
             f" | {_ratio(f_r.tps, base_r.tps)} |")
         say(f"| categorize_player(player_id) | {c} | {_fmt_load(p_r)}"
             f" | {_ratio(p_r.tps, base_r.tps)} |")
+        if c == 4:
+            for label, script in (("floor: PL/Python, same record, no work", floor),
+                                  ("floor: ... plus the active-taxonomy lookup", floor_lookup)):
+                r = run_pgbench(dsn, script, c, args.seconds)
+                say(f"| {label} | {c} | {_fmt_load(r)} | {_ratio(r.tps, base_r.tps)} |")
     say()
     say(f"Total benchmark wall time: {time.perf_counter() - started:.0f} s.")
     Path(args.output).write_text("\n".join(out) + "\n")
