@@ -559,6 +559,15 @@ def categorize_features(plpy: Any, GD: dict, game_id: str, features: str | None)
     return _answer(entry, entry.score(features_from_metric_vector(values, entry.recipe)))
 
 
+def _unknown_player_hint(player_id: str, hint: str) -> str:
+    # An untyped literal such as '{"sessions": 3}' resolves to the (text, text) overload,
+    # so a feature vector without a cast arrives here as a player id.
+    if player_id.lstrip().startswith("{"):
+        return ("That looks like a feature vector: cast it to jsonb, e.g. "
+                "categorize_player('<game>', '{\"sessions\": 3}'::jsonb).")
+    return hint
+
+
 @reports_errors
 def categorize_player(plpy: Any, GD: dict, game_id: str, player_id: str | None,
                       as_of: str | None) -> dict:
@@ -579,7 +588,8 @@ def categorize_player(plpy: Any, GD: dict, game_id: str, player_id: str | None,
             raise UnknownPlayer(
                 f"player {_clip(repr(player_id))} has no activity in game {game_id!r} in the"
                 f" {recipe.lookback_days} days up to {as_of}",
-                hint="Check the player id, or pass as_of => a day within the player's activity.")
+                hint=_unknown_player_hint(player_id, "Check the player id, or pass as_of => a"
+                                                     " day within the player's activity."))
         r = rows[0]
         agg = np.array([[r["active_days"], r["days_since_last"], r["tenure_days"]]
                         + [r[f"t{i}"] for i in range(1, len(recipe.metrics) + 1)]],
@@ -603,7 +613,7 @@ def categorize_player(plpy: Any, GD: dict, game_id: str, player_id: str | None,
         rows = plpy.execute(entry.player_plan, [player_id])
         if not rows:
             raise UnknownPlayer(f"player {_clip(repr(player_id))} is not in the feature source",
-                                hint="Check the player id.")
+                                hint=_unknown_player_hint(player_id, "Check the player id."))
         x = np.array([np.nan if rows[0][c] is None else rows[0][c] for c in recipe.columns],
                      dtype=np.float64)
     return _answer(entry, entry.score(x))

@@ -108,6 +108,12 @@ def test_features_form_and_bad_inputs(calibrated: psycopg.Connection) -> None:
         conn.execute("SELECT * FROM segmentation.categorize_player('g1', 'nobody', %s)",
                      (AS_OF,))
     assert err.value.sqlstate == "SG005"
+    assert "jsonb" not in err.value.diag.message_hint
+    # An untyped literal picks the (text, text) overload: the hint names the cast.
+    with pytest.raises(psycopg.Error) as err:
+        conn.execute("SELECT * FROM segmentation.categorize_player('g1', '{\"sessions\": 3}')")
+    assert err.value.sqlstate == "SG005"
+    assert "::jsonb" in err.value.diag.message_hint
     with pytest.raises(psycopg.Error) as err:
         conn.execute("SELECT * FROM segmentation.categorize_player('other', 'p0000001', %s)",
                      (AS_OF,))
