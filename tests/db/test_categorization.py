@@ -156,3 +156,27 @@ def test_views_answer_for_a_reader_role(calibrated: psycopg.Connection, dsn: str
         conn.execute("DROP OWNED BY seg_test_reader")
         conn.execute("DROP ROLE seg_test_reader")
     assert json.dumps  # keep import used
+
+
+def test_rerun_refreshes_current_rows_without_index_writes(
+        calibrated: psycopg.Connection) -> None:
+    """The in-place refresh of current rows is HOT (migration 0002: fill factor 50)."""
+    conn = calibrated
+    table = "'segmentation.player_segment_memberships'::regclass"
+
+    def counters() -> tuple[int, int]:
+        conn.execute("SELECT pg_stat_force_next_flush()")  # flushed at that statement's end
+        return conn.execute("SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables"
+                            f" WHERE relid = {table}").fetchone()
+
+    conn.execute("SELECT segmentation.categorize_all('g1', %s)", (AS_OF,))
+    size = conn.execute(f"SELECT pg_relation_size({table})").fetchone()[0]
+    for _ in range(2):
+        upd0, hot0 = counters()
+        result = conn.execute("SELECT segmentation.categorize_all('g1', %s)",
+                              (AS_OF,)).fetchone()[0]
+        upd1, hot1 = counters()
+        assert result["unchanged"] == 2500 and upd1 - upd0 == 2500
+        assert hot1 - hot0 >= 0.95 * 2500, (hot1 - hot0)
+    # Old versions are pruned by the next run: the table does not grow.
+    assert conn.execute(f"SELECT pg_relation_size({table})").fetchone()[0] == size

@@ -1,13 +1,11 @@
 """Upgrades in place and migration rollback (issue 7).
 
-Only one version (0.1.0) has been released, so "version N" is simulated honestly: a
-copy of the working tree's ``sql/``, ``migrations/`` and ``plpython/`` whose package
-says 0.0.9, installed by the loader (run as a separate process that imports that copy,
-so the SQL is rendered with 0.0.9 and the library lands in ``<lib>/0.0.9/``). The
-upgrade is then the working tree's loader installing 0.1.0 over it. The released
-migration set is the same in both (``0001_initial``; released migrations are never
-edited), so the upgrade applies no migration: schema-changing upgrades cannot be
-exercised until a second migration exists.
+"Version N" is simulated honestly: a copy of the working tree's ``sql/``,
+``migrations/`` (without the ones added since, see ``NEW_MIGRATIONS``) and ``plpython/``
+whose package says 0.0.9, installed by the loader (run as a separate process that
+imports that copy, so the SQL is rendered with 0.0.9 and the library lands in
+``<lib>/0.0.9/``). The upgrade is then the working tree's loader installing 0.1.0 over
+it, which applies the newer migrations to a populated database.
 """
 
 from __future__ import annotations
@@ -33,6 +31,9 @@ from tests.db.helpers import AS_OF, calibrate, load_population
 pytestmark = pytest.mark.db
 
 OLD = "0.0.9"
+# Migrations the simulated old release does not have; the upgrade applies them.
+NEW_MIGRATIONS = ["0002_memberships_fillfactor"]
+ALL_MIGRATIONS = ["0001_initial", *NEW_MIGRATIONS]
 GAME = "g1"
 PLAYERS = 2000
 TABLES = {
@@ -74,8 +75,9 @@ def release_dirs() -> Iterator[tuple[Path, Path]]:
     try:
         home = base / "home"
         root = project_root()
-        for part in ("sql", "migrations"):
-            shutil.copytree(root / part, home / part)
+        shutil.copytree(root / "sql", home / "sql")
+        shutil.copytree(root / "migrations", home / "migrations", ignore=lambda _, names: [
+            n for n in names if n.split(".")[0] in NEW_MIGRATIONS])
         shutil.copytree(root / "plpython", home / "plpython",
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         init = home / "plpython" / "segmentation" / "__init__.py"
@@ -134,7 +136,7 @@ def test_upgrade_in_place_keeps_data_and_fences_open_sessions(
         report = install.install(bare_dsn, lib_base=lib)
         assert report.version == __version__
         assert report.lib_dir == str(lib / __version__)
-        assert report.migrations_applied == []  # the same released migration set
+        assert report.migrations_applied == NEW_MIGRATIONS
 
         # Its next call fails cleanly, and keeps failing: it never mixes versions.
         for _ in range(2):
@@ -174,9 +176,12 @@ def test_upgrade_in_place_keeps_data_and_fences_open_sessions(
                               ).fetchone()[0]
         assert result["players"] == PLAYERS and result["unchanged"] == PLAYERS
         assert result["changed_segment"] == 0 and result["new"] == 0
+        assert conn.execute("SELECT reloptions FROM pg_class"
+                            " WHERE oid = 'segmentation.player_segment_memberships'::regclass"
+                            ).fetchone()[0] == ["fillfactor=50"]
     status = install.status(bare_dsn)
     assert status["sql_version"] == __version__
-    assert status["migrations"] == ["0001_initial"]
+    assert status["migrations"] == ALL_MIGRATIONS
 
 
 def test_rollback_of_the_latest_migration_then_reinstall(bare_dsn: str) -> None:
@@ -185,8 +190,17 @@ def test_rollback_of_the_latest_migration_then_reinstall(bare_dsn: str) -> None:
         load_population(conn, GAME, players=800, seed=9)
         calibrate(conn, GAME)
 
-    # 0001 is the only migration: rolling it back drops every table and its data. The
-    # views and functions that depend on the tables are removed first by the loader.
+    with psycopg.connect(bare_dsn, autocommit=True) as conn:
+        before = checksums(conn)
+    # The latest migration only changes a storage parameter: data stays.
+    assert migrate.rollback_latest(bare_dsn) == ["0002_memberships_fillfactor"]
+    with psycopg.connect(bare_dsn, autocommit=True) as conn:
+        assert checksums(conn) == before
+        assert conn.execute("SELECT reloptions FROM pg_class"
+                            " WHERE oid = 'segmentation.player_segment_memberships'::regclass"
+                            ).fetchone()[0] is None
+    # Rolling back 0001 drops every table and its data. The views and functions that
+    # depend on the tables are removed first by the loader.
     assert migrate.rollback_latest(bare_dsn) == ["0001_initial"]
     assert migrate.applied(bare_dsn) == []
     with psycopg.connect(bare_dsn, autocommit=True) as conn:
@@ -199,8 +213,8 @@ def test_rollback_of_the_latest_migration_then_reinstall(bare_dsn: str) -> None:
                             " 'segmentation'::regnamespace").fetchone()[0] == 0
 
     report = install.install(bare_dsn, lib_base=LIB_DIR)
-    assert report.migrations_applied == ["0001_initial"]
-    assert migrate.applied(bare_dsn) == ["0001_initial"]
+    assert report.migrations_applied == ALL_MIGRATIONS
+    assert migrate.applied(bare_dsn) == ALL_MIGRATIONS
     with psycopg.connect(bare_dsn, autocommit=True) as conn:
         assert conn.execute("SELECT count(*) FROM segmentation.player_activity").fetchone()[0] == 0
         assert conn.execute("SELECT segmentation.health()").fetchone()[0]["status"] == "healthy"
