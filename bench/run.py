@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import threading
 import time
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -45,31 +46,56 @@ def _fresh_db(base: str, dbname: str, lib_dir: Path | None) -> str:
 
 
 class PeakMemory:
-    """Peak resident memory (VmHWM, MiB) of one backend, read from /proc after a call."""
+    """Peak memory (MiB) of one backend during a call, from /proc/<pid>/status.
+
+    ``private``: the largest RssAnon seen (sampled every 50 ms): the backend's own heap,
+    Python objects and numpy arrays. ``resident``: VmHWM, which also counts the pages of
+    shared_buffers the backend touched, so it grows with the tables a call reads.
+    """
 
     def __init__(self, pid: int) -> None:
         self.path = Path(f"/proc/{pid}/status")
+        self.private = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
 
-    def peak_mib(self) -> float | None:
+    def _field(self, name: str) -> float | None:
         try:
             for line in self.path.read_text().splitlines():
-                if line.startswith("VmHWM:"):
+                if line.startswith(name):
                     return int(line.split()[1]) / 1024.0
         except OSError:
             return None
         return None
 
+    def _sample(self) -> None:
+        while not self._stop.wait(0.05):
+            self.private = max(self.private, self._field("RssAnon:") or 0.0)
 
-def _timed_call(dsn: str, query: str, params: tuple = ()) -> tuple[Any, float, float | None]:
-    """Run one statement on a new backend; return (result, seconds, backend peak MiB)."""
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.private = max(self.private, self._field("RssAnon:") or 0.0)
+        self.resident = self._field("VmHWM:") or 0.0
+
+    def describe(self) -> str:
+        return f"{self.private:.0f} MiB ({self.resident:.0f} MiB)"
+
+
+def _timed_call(dsn: str, query: str, params: tuple = ()) -> tuple[Any, float, str]:
+    """Run one statement on a new backend; return (result, seconds, peak memory text)."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
         conn.execute("SELECT segmentation.python_runtime()")  # imports are not the workload
-        mem = PeakMemory(pid)
-        t0 = time.perf_counter()
-        result = conn.execute(query, params).fetchone()[0]
-        seconds = time.perf_counter() - t0
-        return result, seconds, mem.peak_mib()
+        with PeakMemory(pid) as mem:
+            t0 = time.perf_counter()
+            result = conn.execute(query, params).fetchone()[0]
+            seconds = time.perf_counter() - t0
+        return result, seconds, mem.describe()
 
 
 def _populate(dsn: str, game: str, players: int, seed: int) -> dict[str, Any]:
@@ -146,7 +172,10 @@ def main() -> int:
     say()
     say(f"Written by `make bench` (bench/run.py) on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
         f" with sizes {sizes}, pgbench {args.seconds} s per run. Every figure is measured in"
-        " the same run as its baseline; ratios are system / baseline.")
+        " the same run as its baseline; ratios are system / baseline. Memory is the"
+        " backend's peak private memory (RssAnon, sampled every 50 ms: heap, Python,"
+        " numpy) and, in parentheses, its peak resident memory (VmHWM), which also counts"
+        " the shared buffers it touched.")
     say()
     say("| machine | |")
     say("|---|---|")
@@ -174,14 +203,14 @@ def main() -> int:
         rows_cal.append(
             f"| {n:,} | {pop['calibrated_on']:,}{' (sample)' if pop['sampled'] else ''}"
             f" | {cal_s:.1f} s | {summary['timings']['load']:.1f} s"
-            f" | {cal_mem:.0f} MiB |" if cal_mem else f"| {n:,} | ... | {cal_s:.1f} s | | n/a |")
+            f" | {cal_mem} |")
         if n in sizes:
             batch, batch_s, batch_mem = _timed_call(
                 dsn, "SELECT segmentation.categorize_all(%s, %s)", (game, AS_OF))
             client = client_pipeline.run(dsn, game, AS_OF.isoformat())
             rows_batch.append(
                 f"| {n:,} | first | {batch_s:.1f} s | {_parts(batch['timings'])}"
-                f" | {batch_mem or 0:.0f} MiB | {client['total_s']:.1f} s (copy out"
+                f" | {batch_mem} | {client['total_s']:.1f} s (copy out"
                 f" {client['copy_out_s']:.1f}, score {client['score_s']:.1f}, copy back"
                 f" {client['copy_back_s']:.1f}) | {_ratio(client['total_s'], batch_s)} |")
             # What a nightly job pays from then on: every current row refreshed in place.
@@ -189,7 +218,7 @@ def main() -> int:
                 dsn, "SELECT segmentation.categorize_all(%s, %s)", (game, AS_OF))
             rows_batch.append(
                 f"| {n:,} | second | {again_s:.1f} s | {_parts(again['timings'])}"
-                f" | {again_mem or 0:.0f} MiB | - | - |")
+                f" | {again_mem} | - | - |")
         if n != largest:
             with psycopg.connect(dsn, autocommit=True) as conn:
                 conn.execute("DELETE FROM segmentation.player_activity WHERE game_id = %s",
@@ -208,7 +237,7 @@ def main() -> int:
     say("Populations above `segmentation.calibration_sample_size` (200,000) are fitted on a"
         " uniform sample; the feature load still reads every activity row of the window.")
     say()
-    say("| players | fitted on | wall | of which feature load | backend peak RSS |")
+    say("| players | fitted on | wall | of which feature load | backend peak private (resident) |")
     say("|---|---|---|---|---|")
     for row in rows_cal:
         say(row)
@@ -223,7 +252,7 @@ def main() -> int:
         " refreshed in place, which is what each nightly run pays for history.")
     say()
     say("| players | run | categorize_all | features / scoring / staging / history / views"
-        " | backend peak RSS | client pipeline | speed-up |")
+        " | backend peak private (resident) | client pipeline | speed-up |")
     say("|---|---|---|---|---|---|---|")
     for row in rows_batch:
         say(row)
