@@ -121,30 +121,23 @@ COMMENT ON COLUMN segmentation.segment_summary.feature_medians IS 'Median of eac
 
 DROP MATERIALIZED VIEW IF EXISTS segmentation.segment_transitions;
 CREATE MATERIALIZED VIEW segmentation.segment_transitions AS
-WITH h AS (
-    SELECT m.game_id, m.run_id, m.valid_from, m.taxonomy_id, m.segment_id,
-           lag(m.taxonomy_id) OVER w AS from_taxonomy_id,
-           lag(m.segment_id) OVER w AS from_segment_id
-      FROM segmentation.player_segment_memberships m
-    WINDOW w AS (PARTITION BY m.game_id, m.player_id ORDER BY m.valid_from, m.membership_id)
-)
-SELECT h.game_id,
-       h.run_id,
-       min(h.valid_from) AS changed_at,
-       h.from_taxonomy_id,
-       h.from_segment_id,
+-- Counts written by categorize_all with the history (migration 0003): refreshing reads
+-- k*k rows per run, not the whole history.
+SELECT t.game_id,
+       t.run_id,
+       t.changed_at,
+       t.from_taxonomy_id,
+       t.from_segment_id,
        fs.name AS from_segment_name,
-       h.taxonomy_id AS to_taxonomy_id,
-       h.segment_id AS to_segment_id,
+       t.to_taxonomy_id,
+       t.to_segment_id,
        ts.name AS to_segment_name,
-       count(*) AS players
-  FROM h
+       t.players
+  FROM segmentation.segment_transition_counts t
   LEFT JOIN segmentation.segment_definitions fs
-    ON fs.taxonomy_id = h.from_taxonomy_id AND fs.segment_id = h.from_segment_id
+    ON fs.taxonomy_id = t.from_taxonomy_id AND fs.segment_id = t.from_segment_id
   JOIN segmentation.segment_definitions ts
-    ON ts.taxonomy_id = h.taxonomy_id AND ts.segment_id = h.segment_id
- GROUP BY h.game_id, h.run_id, h.from_taxonomy_id, h.from_segment_id, fs.name,
-          h.taxonomy_id, h.segment_id, ts.name;
+    ON ts.taxonomy_id = t.to_taxonomy_id AND ts.segment_id = t.to_segment_id;
 CREATE UNIQUE INDEX segment_transitions_key ON segmentation.segment_transitions
     (game_id, run_id, from_taxonomy_id, from_segment_id, to_taxonomy_id, to_segment_id);
 COMMENT ON MATERIALIZED VIEW segmentation.segment_transitions IS 'Players moving from one segment to another per categorize_all run (from NULL = newly categorized). Refreshed by categorize_all.';

@@ -704,25 +704,42 @@ def categorize_all(plpy: Any, GD: dict, game_id: str, as_of: str | None) -> str:
     t3 = time.perf_counter()
     params = ["text", "int8", "date", "int8"]
     args = [game_id, active_id, as_of, run_id]
+    if plpy.execute("SELECT to_regclass('pg_temp.segmentation_closed') IS NOT NULL AS e")[0]["e"]:
+        plpy.execute("DROP TABLE pg_temp.segmentation_closed")
+    plpy.execute("CREATE TEMP TABLE segmentation_closed (player_id text, taxonomy_id int8,"
+                 " segment_id int4) ON COMMIT DROP")
+    # The closed rows are kept for the transition counts below.
     changed = plpy.execute(plpy.prepare(
-        "UPDATE segmentation.player_segment_memberships m SET valid_to = now()"
+        "WITH closed AS (UPDATE segmentation.player_segment_memberships m SET valid_to = now()"
         " FROM pg_temp.segmentation_batch b WHERE m.game_id = $1 AND m.player_id = b.player_id"
         " AND m.valid_to IS NULL AND (m.taxonomy_id <> $2 OR m.segment_id <> b.segment_id)"
-        " AND $3 IS NOT NULL AND $4 IS NOT NULL", params), args).nrows()
+        " AND $3 IS NOT NULL AND $4 IS NOT NULL"
+        " RETURNING m.player_id, m.taxonomy_id, m.segment_id)"
+        " INSERT INTO pg_temp.segmentation_closed SELECT * FROM closed", params), args).nrows()
     plpy.execute(plpy.prepare(
         "UPDATE segmentation.player_segment_memberships m SET membership = b.membership,"
         " memberships = b.memberships, axis_scores = b.axis_scores,"
         " anomaly_score = b.anomaly_score, is_anomaly = b.is_anomaly, as_of = $3, run_id = $4"
         " FROM pg_temp.segmentation_batch b WHERE m.game_id = $1 AND m.player_id = b.player_id"
         " AND m.valid_to IS NULL AND m.taxonomy_id = $2", params), args)
-    inserted = plpy.execute(plpy.prepare(
-        "INSERT INTO segmentation.player_segment_memberships (game_id, player_id, taxonomy_id,"
-        " segment_id, membership, memberships, axis_scores, anomaly_score, is_anomaly, as_of,"
-        " run_id, valid_from) SELECT $1, b.player_id, $2, b.segment_id, b.membership,"
-        " b.memberships, b.axis_scores, b.anomaly_score, b.is_anomaly, $3, $4, now()"
-        " FROM pg_temp.segmentation_batch b WHERE NOT EXISTS (SELECT 1 FROM"
-        " segmentation.player_segment_memberships m WHERE m.game_id = $1"
-        " AND m.player_id = b.player_id AND m.valid_to IS NULL)", params), args).nrows()
+    # Every new current row is a move: from the row closed above, or from nothing (a
+    # player's first categorization). segment_transitions reads these counts.
+    moves = plpy.execute(plpy.prepare(
+        "WITH inserted AS (INSERT INTO segmentation.player_segment_memberships (game_id,"
+        " player_id, taxonomy_id, segment_id, membership, memberships, axis_scores,"
+        " anomaly_score, is_anomaly, as_of, run_id, valid_from) SELECT $1, b.player_id, $2,"
+        " b.segment_id, b.membership, b.memberships, b.axis_scores, b.anomaly_score,"
+        " b.is_anomaly, $3, $4, now() FROM pg_temp.segmentation_batch b WHERE NOT EXISTS"
+        " (SELECT 1 FROM segmentation.player_segment_memberships m WHERE m.game_id = $1"
+        " AND m.player_id = b.player_id AND m.valid_to IS NULL)"
+        " RETURNING player_id, segment_id)"
+        " INSERT INTO segmentation.segment_transition_counts (game_id, run_id, changed_at,"
+        " from_taxonomy_id, from_segment_id, to_taxonomy_id, to_segment_id, players)"
+        " SELECT $1, $4, now(), c.taxonomy_id, c.segment_id, $2, i.segment_id, count(*)"
+        " FROM inserted i LEFT JOIN pg_temp.segmentation_closed c ON c.player_id = i.player_id"
+        " GROUP BY c.taxonomy_id, c.segment_id, i.segment_id RETURNING players",
+        params), args)
+    inserted = sum(int(r["players"]) for r in moves)
     timings["write_history"] = time.perf_counter() - t3
     t4 = time.perf_counter()
     for view in ("segment_summary", "segment_transitions"):

@@ -83,6 +83,30 @@ def test_history_and_transitions_after_changed_data(calibrated: psycopg.Connecti
     transitions = conn.execute("SELECT sum(players) FROM segmentation.segment_transitions"
                                " WHERE from_segment_id IS NOT NULL").fetchone()[0]
     assert transitions == moved
+    # Moves are counted in the run that made them: the first run categorized everyone,
+    # the second moved only the changed players. (Before migration 0003 the view derived
+    # runs from the history's run_id, which the in-place refresh overwrites, so first
+    # categorizations drifted to the latest run.)
+    runs = conn.execute("SELECT run_id, sum(players) FILTER (WHERE from_segment_id IS NULL),"
+                        " sum(players) FILTER (WHERE from_segment_id IS NOT NULL)"
+                        " FROM segmentation.segment_transitions GROUP BY run_id ORDER BY run_id"
+                        ).fetchall()
+    assert [r[1:] for r in runs] == [(2500, None), (None, moved)]
+    # And every move agrees with the history: each row's previous row of the same player.
+    from_history = conn.execute("""
+        SELECT game_id, from_taxonomy_id, from_segment_id, taxonomy_id, segment_id, count(*)
+          FROM (SELECT m.*, lag(m.taxonomy_id) OVER w AS from_taxonomy_id,
+                       lag(m.segment_id) OVER w AS from_segment_id
+                  FROM segmentation.player_segment_memberships m
+                WINDOW w AS (PARTITION BY m.game_id, m.player_id
+                             ORDER BY m.valid_from, m.membership_id)) h
+         GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5""").fetchall()
+    view = conn.execute("""
+        SELECT game_id, from_taxonomy_id, from_segment_id, to_taxonomy_id, to_segment_id,
+               sum(players)
+          FROM segmentation.segment_transitions GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5
+        """).fetchall()
+    assert view == from_history
 
 
 def test_features_form_and_bad_inputs(calibrated: psycopg.Connection) -> None:

@@ -76,7 +76,8 @@ def test_fresh_install_via_cli_then_status(bare_dsn: str) -> None:
     assert result.returncode == 0, result.stderr
     status = json.loads(result.stdout)
     assert status["sql_version"] == __version__
-    assert status["migrations"] == ["0001_initial", "0002_memberships_fillfactor"]
+    assert status["migrations"] == ["0001_initial", "0002_memberships_fillfactor",
+                                    "0003_segment_transition_counts"]
     assert status["python_runtime"]["scikit_learn"] == "1.9.1"
 
 

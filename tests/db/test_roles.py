@@ -42,7 +42,7 @@ BASE_TABLES = {  # table -> a column that is neither generated nor an identity
     "player_activity": "game_id", "feature_sources": "game_id",
     "game_behavioral_taxonomy": "game_id", "behavioral_axes": "name",
     "segment_definitions": "name", "player_segment_memberships": "game_id",
-    "runs": "game_id",
+    "runs": "game_id", "segment_transition_counts": "game_id",
 }
 
 
@@ -58,6 +58,8 @@ def _actions() -> dict[str, tuple[str, frozenset[str]]]:
     a["select-feature_sources"] = ("SELECT * FROM segmentation.feature_sources LIMIT 1", APP)
     a["select-player_segment_memberships"] = (
         "SELECT * FROM segmentation.player_segment_memberships LIMIT 1", ADMIN)
+    a["select-segment_transition_counts"] = (
+        "SELECT * FROM segmentation.segment_transition_counts LIMIT 1", ADMIN)
     a["select-_yoyo_migration"] = ("SELECT * FROM segmentation._yoyo_migration LIMIT 1", NOONE)
 
     for call in ("version()", "live()", "ready()", "health()", "python_runtime()",

@@ -33,7 +33,8 @@ pytestmark = pytest.mark.db
 OLD = "0.0.9"
 # Migrations the simulated old release does not have; the upgrade applies them.
 NEW_MIGRATIONS = ["0002_memberships_fillfactor"]
-ALL_MIGRATIONS = ["0001_initial", *NEW_MIGRATIONS]
+ALL_MIGRATIONS = ["0001_initial", "0002_memberships_fillfactor",
+                  "0003_segment_transition_counts"]
 GAME = "g1"
 PLAYERS = 2000
 TABLES = {
@@ -45,6 +46,28 @@ TABLES = {
     "runs": "run_id",
     "feature_sources": "game_id",
 }
+# segment_transitions as defined before migration 0003 (from the history alone).
+OLD_TRANSITIONS = """
+WITH h AS (
+    SELECT m.game_id, m.run_id, m.valid_from, m.taxonomy_id, m.segment_id,
+           lag(m.taxonomy_id) OVER w AS from_taxonomy_id,
+           lag(m.segment_id) OVER w AS from_segment_id
+      FROM segmentation.player_segment_memberships m
+    WINDOW w AS (PARTITION BY m.game_id, m.player_id ORDER BY m.valid_from, m.membership_id)
+)
+SELECT h.game_id, h.run_id, min(h.valid_from) AS changed_at, h.from_taxonomy_id,
+       h.from_segment_id, fs.name AS from_segment_name, h.taxonomy_id AS to_taxonomy_id,
+       h.segment_id AS to_segment_id, ts.name AS to_segment_name, count(*) AS players
+  FROM h
+  LEFT JOIN segmentation.segment_definitions fs
+    ON fs.taxonomy_id = h.from_taxonomy_id AND fs.segment_id = h.from_segment_id
+  JOIN segmentation.segment_definitions ts
+    ON ts.taxonomy_id = h.taxonomy_id AND ts.segment_id = h.segment_id
+ GROUP BY h.game_id, h.run_id, h.from_taxonomy_id, h.from_segment_id, fs.name,
+          h.taxonomy_id, h.segment_id, ts.name
+ ORDER BY game_id, run_id, from_taxonomy_id, from_segment_id, to_segment_id"""
+TRANSITIONS = ("SELECT * FROM segmentation.segment_transitions"
+               " ORDER BY game_id, run_id, from_taxonomy_id, from_segment_id, to_segment_id")
 ANSWER = ("SELECT taxonomy_id, taxonomy_version, segment_id, membership, memberships,"
           " axis_scores, anomaly_score FROM segmentation.categorize_player(%s, %s, %s)")
 
@@ -124,6 +147,8 @@ def test_upgrade_in_place_keeps_data_and_fences_open_sessions(
             "SELECT player_id FROM segmentation.player_current_segment ORDER BY md5(player_id)"
             " LIMIT 25").fetchall()]
         before = checksums(conn)
+        transitions = conn.execute(TRANSITIONS).fetchall()
+        assert sum(r[-1] for r in transitions) == PLAYERS
 
     # A session that has used the old library and stays open across the upgrade, and
     # one that was open but had not loaded it yet.
@@ -157,6 +182,7 @@ def test_upgrade_in_place_keeps_data_and_fences_open_sessions(
 
     with psycopg.connect(bare_dsn, autocommit=True) as conn:
         assert checksums(conn) == before
+        assert conn.execute(TRANSITIONS).fetchall() == transitions
         assert conn.execute("SELECT segmentation.version()").fetchone()[0] == __version__
         stale = conn.execute(
             "SELECT count(*) FROM pg_proc WHERE pronamespace = 'segmentation'::regnamespace"
@@ -191,8 +217,23 @@ def test_rollback_of_the_latest_migration_then_reinstall(bare_dsn: str) -> None:
         calibrate(conn, GAME)
 
     with psycopg.connect(bare_dsn, autocommit=True) as conn:
+        conn.execute("SELECT segmentation.categorize_all(%s, %s)", (GAME, AS_OF))
         before = checksums(conn)
-    # The latest migration only changes a storage parameter: data stays.
+        from_history = conn.execute(OLD_TRANSITIONS).fetchall()
+        assert sum(r[-1] for r in from_history) == 800
+    # 0003 drops only the transition counts ...
+    assert migrate.rollback_latest(bare_dsn) == ["0003_segment_transition_counts"]
+    with psycopg.connect(bare_dsn, autocommit=True) as conn:
+        assert checksums(conn) == before
+        assert conn.execute("SELECT to_regclass('segmentation.segment_transition_counts')"
+                            ).fetchone()[0] is None
+    # ... and applied to a populated database it counts the existing history.
+    assert install.install(bare_dsn, lib_base=LIB_DIR).migrations_applied == [
+        "0003_segment_transition_counts"]
+    with psycopg.connect(bare_dsn, autocommit=True) as conn:
+        assert conn.execute(TRANSITIONS).fetchall() == from_history
+    assert migrate.rollback_latest(bare_dsn) == ["0003_segment_transition_counts"]
+    # 0002 only resets a storage parameter.
     assert migrate.rollback_latest(bare_dsn) == ["0002_memberships_fillfactor"]
     with psycopg.connect(bare_dsn, autocommit=True) as conn:
         assert checksums(conn) == before
