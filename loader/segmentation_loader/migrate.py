@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from urllib.parse import urlencode
 
 from psycopg.conninfo import conninfo_to_dict
 from yoyo import get_backend, read_migrations
+from yoyo.backends.base import DatabaseBackend
 
 from segmentation_loader.resources import migrations_dir
 
@@ -22,11 +25,24 @@ def yoyo_url(dsn: str) -> str:
     return f"postgresql+psycopg:///{dbname}?{urlencode(params)}"
 
 
+@contextmanager
+def _backend(dsn: str) -> Iterator[DatabaseBackend]:
+    """A yoyo backend whose connection is closed on exit.
+
+    yoyo leaves that to garbage collection, and a connection left open to the target
+    database makes a later CREATE DATABASE ... TEMPLATE of it fail (55006).
+    """
+    backend = get_backend(yoyo_url(dsn))
+    try:
+        yield backend
+    finally:
+        backend.connection.close()
+
+
 def apply(dsn: str) -> list[str]:
     """Apply pending migrations under yoyo's lock; return their ids."""
-    backend = get_backend(yoyo_url(dsn))
     migrations = read_migrations(str(migrations_dir()))
-    with backend.lock():
+    with _backend(dsn) as backend, backend.lock():
         pending = backend.to_apply(migrations)
         backend.apply_migrations(pending)
     return [m.id for m in pending]
@@ -42,9 +58,8 @@ def rollback_latest(dsn: str) -> list[str]:
     """
     from segmentation_loader.install import uninstall  # install imports this module
 
-    backend = get_backend(yoyo_url(dsn))
     migrations = read_migrations(str(migrations_dir()))
-    with backend.lock():
+    with _backend(dsn) as backend, backend.lock():
         applied = backend.to_rollback(migrations)
         latest = applied[:1]
         if latest:
@@ -54,6 +69,6 @@ def rollback_latest(dsn: str) -> list[str]:
 
 
 def applied(dsn: str) -> list[str]:
-    backend = get_backend(yoyo_url(dsn))
     migrations = read_migrations(str(migrations_dir()))
-    return [m.id for m in migrations if backend.is_applied(m)]
+    with _backend(dsn) as backend:
+        return [m.id for m in migrations if backend.is_applied(m)]

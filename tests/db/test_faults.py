@@ -120,13 +120,6 @@ def populated() -> Iterator[str]:
             load_population(conn, GAME, players=PLAYERS, seed=11)
             summary = calibrate(conn, GAME)
             batch = conn.execute(CATEGORIZE_ALL, {"g": GAME, "as_of": AS_OF}).fetchone()[0]
-        with _admin() as admin:
-            # A closed connection's backend exits asynchronously; CREATE DATABASE ...
-            # TEMPLATE fails while it lingers (seen under load).
-            deadline = time.monotonic() + 30
-            while admin.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s",
-                                (name,)).fetchone()[0] and time.monotonic() < deadline:
-                time.sleep(0.05)
         figure("calibrate timings (s)", {k: round(v, 2) for k, v in summary["timings"].items()})
         figure("categorize_all timings (s)",
                {k: round(v, 2) for k, v in batch["timings"].items()})

@@ -10,7 +10,7 @@ import sys
 import psycopg
 import pytest
 from segmentation import __version__
-from segmentation_loader import install
+from segmentation_loader import install, migrate
 
 from tests.conftest import LIB_DIR, server_dsn
 
@@ -62,6 +62,20 @@ def test_install_twice_changes_nothing(dsn: str, conn: psycopg.Connection) -> No
     after = _schema_dump(dsn)
     assert before == after
     assert conn.execute("SELECT count(*) FROM segmentation.player_activity").fetchone()[0] == 1
+
+
+def test_install_leaves_no_session_behind(bare_db: psycopg.Connection, bare_dsn: str) -> None:
+    """A loader connection left open (yoyo's, until garbage collection) made a later
+    CREATE DATABASE ... TEMPLATE of the database fail with 55006."""
+    install.install(bare_dsn, lib_base=LIB_DIR)
+    migrate.applied(bare_dsn)
+    install.status(bare_dsn)
+    with psycopg.connect(server_dsn("postgres"), autocommit=True) as admin:
+        left = admin.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s"
+            " AND backend_type = 'client backend' AND pid <> %s",
+            (bare_db.info.dbname, bare_db.info.backend_pid)).fetchone()[0]
+    assert left == 0
 
 
 def test_fresh_install_via_cli_then_status(bare_dsn: str) -> None:
