@@ -79,17 +79,28 @@ def _source_expr(plpy: Any, name: str, typ: str) -> str:
     return f"({col})::int::float8" if typ == "bool" else f"({col})::float8"
 
 
+def drop_temp_table(plpy: Any, name: str) -> None:
+    """Drop this session's temporary table ``name`` (one of ours) if it exists.
+
+    Checked first rather than DROP ... IF EXISTS, which would send the caller a NOTICE.
+    """
+    if plpy.execute(f"SELECT to_regclass('pg_temp.{name}') IS NOT NULL AS e")[0]["e"]:
+        plpy.execute(f"DROP TABLE pg_temp.{name}")
+
+
+def create_temp_table(plpy: Any, name: str, columns: str) -> None:
+    """A fresh temporary table ``name`` with ``columns`` (SQL), dropped at commit."""
+    drop_temp_table(plpy, name)
+    plpy.execute(f"CREATE TEMP TABLE {name} ({columns}) ON COMMIT DROP")
+
+
 def _drop_population_table(plpy: Any) -> None:
-    exists = "SELECT to_regclass('pg_temp.segmentation_population') IS NOT NULL AS e"
-    if plpy.execute(exists)[0]["e"]:
-        plpy.execute(f"DROP TABLE {POPULATION_TABLE}")
+    drop_temp_table(plpy, "segmentation_population")
 
 
 def _create_population_table(plpy: Any, n_columns: int) -> None:
-    _drop_population_table(plpy)
     cols = ", ".join(f"c{i} float8" for i in range(1, n_columns + 1))
-    plpy.execute(f"CREATE TEMP TABLE segmentation_population (player_id text, {cols})"
-                 " ON COMMIT DROP")
+    create_temp_table(plpy, "segmentation_population", f"player_id text, {cols}")
 
 
 def activity_metrics(plpy: Any, game_id: str, as_of: str, lookback_days: int) -> list[str]:

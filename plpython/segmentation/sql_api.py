@@ -431,14 +431,6 @@ class _Cached:
         self.axis_scores_format = "{" + ", ".join(f"{k}: %r" for k in escaped) + "}"
 
 
-# The active-version check runs on every categorize_player(game, features) call, which
-# has no SET search_path (see sql/200_categorization.sql): every name in it is
-# schema-qualified, operator included, so the caller's search_path cannot redirect it.
-_ACTIVE_ID_SQL = (
-    "SELECT t.taxonomy_id FROM segmentation.game_behavioral_taxonomy t"
-    " WHERE t.game_id OPERATOR(pg_catalog.=) $1 AND t.is_active")
-
-
 @contextlib.contextmanager
 def _pinned_search_path(plpy: Any) -> Iterator[None]:
     """Run the block with ``search_path = pg_catalog, pg_temp``, then restore the caller's.
@@ -462,23 +454,18 @@ def cached_taxonomy(plpy: Any, GD: dict, game_id: str) -> _Cached:
     so a caller never scores with parts of two versions. Safe under any caller
     search_path: the lookup is schema-qualified and a reload pins the path.
     """
-    plan = GD.get("segmentation.active_id_plan")
-    if plan is None:
-        plan = GD["segmentation.active_id_plan"] = plpy.prepare(
-            _ACTIVE_ID_SQL, ["pg_catalog.text"])
-    rows = plpy.execute(plan, [game_id])
-    if not rows:
+    active_id = taxonomy_store.active_taxonomy_id(plpy, game_id)
+    if active_id is None:
         raise NoActiveTaxonomy(
             f"game {game_id!r} has no active taxonomy",
             hint=f"Run SELECT segmentation.calibrate_taxonomy({game_id!r}) first, or activate "
                  "a version with segmentation.activate_taxonomy(taxonomy_id).")
-    active_id = rows[0]["taxonomy_id"]
     cache: dict[str, _Cached] = GD.setdefault("segmentation.cache", {})
     entry = cache.get(game_id)
     if entry is None or entry.taxonomy_id != active_id or time.monotonic() > entry.expires_at:
         with _pinned_search_path(plpy):
             ttl = read_settings(plpy, ("cache_ttl_seconds",))["cache_ttl_seconds"]
-            entry = cache[game_id] = _Cached(plpy, int(active_id), ttl)
+            entry = cache[game_id] = _Cached(plpy, active_id, ttl)
     return entry
 
 
@@ -492,8 +479,8 @@ def _answer(entry: _Cached, scored: dict[str, Any]) -> tuple:
     axis_scores = scored["axis_scores"]
     posteriors = scored["posteriors"]
     first = scored["primary"]
-    ranked = sorted(range(len(posteriors)), key=posteriors.__getitem__, reverse=True)
-    runner = next((j for j in ranked if j != first), None)
+    runner = max((j for j in range(len(posteriors)) if j != first),
+                 key=posteriors.__getitem__, default=None)
     drivers = sorted(range(len(axis_scores)), key=lambda a: -abs(axis_scores[a]))[:2]
     top_axes = ", ".join([f'{{"axis": {entry.axis_json[a]}, "score": {axis_scores[a]!r}}}'
                           for a in drivers])
@@ -655,11 +642,9 @@ def categorize_all(plpy: Any, GD: dict, game_id: str, as_of: str | None) -> str:
     timings["features"] = time.perf_counter() - t0
     _log(plpy, run_id, f"categorizing {n} players of {game_id!r} with taxonomy {active_id}")
 
-    if plpy.execute("SELECT to_regclass('pg_temp.segmentation_batch') IS NOT NULL AS e")[0]["e"]:
-        plpy.execute("DROP TABLE pg_temp.segmentation_batch")
-    plpy.execute("CREATE TEMP TABLE segmentation_batch (player_id text, segment_id int,"
-                 " membership float8, memberships float8[], axis_scores float8[],"
-                 " anomaly_score float8, is_anomaly bool) ON COMMIT DROP")
+    population.create_temp_table(
+        plpy, "segmentation_batch", "player_id text, segment_id int, membership float8,"
+        " memberships float8[], axis_scores float8[], anomaly_score float8, is_anomaly bool")
     insert = plpy.prepare(
         # unnest, not $1[i]: subscripting a text[] walks it from the start (quadratic
         # per chunk); slicing the fixed-width float8[] arrays is direct.
@@ -704,11 +689,9 @@ def categorize_all(plpy: Any, GD: dict, game_id: str, as_of: str | None) -> str:
     t3 = time.perf_counter()
     params = ["text", "int8", "date", "int8"]
     args = [game_id, active_id, as_of, run_id]
-    if plpy.execute("SELECT to_regclass('pg_temp.segmentation_closed') IS NOT NULL AS e")[0]["e"]:
-        plpy.execute("DROP TABLE pg_temp.segmentation_closed")
-    plpy.execute("CREATE TEMP TABLE segmentation_closed (player_id text, taxonomy_id int8,"
-                 " segment_id int4) ON COMMIT DROP")
     # The closed rows are kept for the transition counts below.
+    population.create_temp_table(plpy, "segmentation_closed",
+                                 "player_id text, taxonomy_id int8, segment_id int4")
     changed = plpy.execute(plpy.prepare(
         "WITH closed AS (UPDATE segmentation.player_segment_memberships m SET valid_to = now()"
         " FROM pg_temp.segmentation_batch b WHERE m.game_id = $1 AND m.player_id = b.player_id"

@@ -54,9 +54,16 @@ def _finite(obj: Any) -> Any:
 
 
 def active_taxonomy_id(plpy: Any, game_id: str) -> int | None:
+    """The game's active taxonomy id, or None.
+
+    Runs on every categorize_player(game, features) call, which has no SET search_path
+    (see sql/200_categorization.sql): every name here is schema-qualified, the operator
+    and the parameter type included, so the caller's search_path cannot redirect it.
+    """
     rows = plpy.execute(_plan(plpy, "active", (
-        "SELECT taxonomy_id FROM segmentation.game_behavioral_taxonomy"
-        " WHERE game_id = $1 AND is_active"), ["text"]), [game_id])
+        "SELECT t.taxonomy_id FROM segmentation.game_behavioral_taxonomy t"
+        " WHERE t.game_id OPERATOR(pg_catalog.=) $1 AND t.is_active"), ["pg_catalog.text"]),
+        [game_id])
     return int(rows[0]["taxonomy_id"]) if rows else None
 
 
