@@ -11,9 +11,31 @@ version = "@VERSION@"
 loaded = GD.get("segmentation.version")
 if loaded == version:
     return version
+
+
+def unavailable(message, sqlstate, hint, detail=None):
+    # Every function calls this one through SPI, so an error raised here would reach the
+    # user as "plpy.SPIError: plpy.Error: <message>". Instead the library's place in GD
+    # gets a stand-in whose every function raises the error in the caller's own frame,
+    # as "segmentation: <message>" (see sql_api.sql_error). Nothing is cached: the next
+    # call comes back here.
+    error_class = type("segmentation", (plpy.Error,), {"__module__": "builtins"})
+
+    class Unavailable:
+        def __getattr__(self, name):
+            def fail(*args, **kwargs):
+                exc = error_class(message)
+                exc.sqlstate, exc.hint, exc.detail = sqlstate, hint, detail
+                raise exc
+            return fail
+
+    GD["segmentation.api"] = Unavailable()
+    return "unavailable: " + sqlstate
+
+
 if loaded is not None:
-    plpy.error(
-        "segmentation was upgraded from %s to %s while this session was open" % (loaded, version),
+    return unavailable(
+        "the library was upgraded from %s to %s while this session was open" % (loaded, version),
         hint="Reconnect: a session never mixes two versions of the library.",
         sqlstate="SG010",
     )
@@ -37,7 +59,7 @@ row = plpy.execute(
     " '/usr/local/lib/segmentation') AS stored"
 )[0]
 if not row["superuser"] and row["base"] != row["stored"]:
-    plpy.error(
+    return unavailable(
         "segmentation.python_lib_dir was changed for this session; only a superuser may do that",
         detail="session value %s, configured value %s" % (row["base"][:200], row["stored"][:200]),
         hint="RESET segmentation.python_lib_dir, or have a superuser run "
@@ -46,7 +68,7 @@ if not row["superuser"] and row["base"] != row["stored"]:
     )
 lib_dir = os.path.join(row["base"], version)
 if not os.path.isfile(os.path.join(lib_dir, "segmentation", "__init__.py")):
-    plpy.error(
+    return unavailable(
         "the server-side library for segmentation %s is missing" % version,
         detail="expected it in %s" % lib_dir,
         hint="Run 'segmentation install' on the database host, or set "
@@ -62,14 +84,14 @@ sys.path[:] = [lib_dir] + [
 for name in ("numpy", "scipy", "sklearn", "segmentation"):
     mod = sys.modules.get(name)
     if mod is not None and not str(getattr(mod, "__file__", "")).startswith(lib_dir):
-        plpy.error(
+        return unavailable(
             "%s was already imported from %s in this session" % (name, getattr(mod, "__file__", "?")),
             hint="Reconnect; do not import %s from other PL/Python functions before segmentation." % name,
             sqlstate="SG011",
         )
 import segmentation
 if segmentation.__version__ != version:
-    plpy.error(
+    return unavailable(
         "server-side library version %s does not match the installed SQL %s"
         % (segmentation.__version__, version),
         detail="library directory: %s" % lib_dir,

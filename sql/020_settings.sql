@@ -104,7 +104,7 @@ BEGIN
     SELECT * INTO d FROM segmentation.setting_definitions() s WHERE s.name = setting_name;
     IF NOT FOUND OR d.kind = 'text' THEN
         -- left(): the argument may be any text, and a message must not echo 100k of it.
-        RAISE EXCEPTION 'unknown numeric setting "%"', left(setting_name, 100)
+        RAISE EXCEPTION 'segmentation: unknown numeric setting "%"', left(setting_name, 100)
             USING ERRCODE = 'SG020', HINT = 'SELECT name FROM segmentation.settings lists the settings.';
     END IF;
     raw := coalesce(nullif(current_setting(setting_name, true), ''), d.default_value);
@@ -113,7 +113,7 @@ BEGIN
        OR raw !~ '^\s*[-+]?[0-9]*\.?[0-9]+([eE][-+]?[0-9]{1,3})?\s*$'
        OR (d.kind = 'integer' AND raw !~ '^\s*[-+]?[0-9]+\s*$')
        OR raw::numeric NOT BETWEEN d.min_value::numeric AND d.max_value::numeric THEN
-        RAISE EXCEPTION 'setting % = "%" is invalid', setting_name, left(raw, 100)
+        RAISE EXCEPTION 'segmentation: setting % = "%" is invalid', setting_name, left(raw, 100)
             USING ERRCODE = 'SG020',
                   DETAIL = format('valid: %s between %s and %s (default %s)', d.kind, d.min_value, d.max_value, d.default_value),
                   HINT = format('SET %s = %s, or ALTER DATABASE ... SET / RESET %s.', setting_name, d.default_value, setting_name);

@@ -2,7 +2,8 @@
 
 Each public function here is called by the SQL function of the same name in
 ``sql/``; it reads data through SPI, calls the numeric core with numpy arrays,
-and writes results back. Core errors become ``plpy.error`` with their SQLSTATE.
+and writes results back. Core errors reach the caller as ``segmentation: <message>``
+with their SQLSTATE and hint (see :func:`sql_error`).
 """
 
 from __future__ import annotations
@@ -41,8 +42,63 @@ from segmentation.model import Taxonomy
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+# PL/Python prefixes an uncaught exception's message with its type - "plpy.Error: ..."
+# for plpy.error(), the module left out only for builtins (plpy_elog.c, PLy_traceback).
+# A plpy.Error subclass named "segmentation" in builtins makes that "segmentation: ...",
+# like a command-line tool's message; PL/Python still reads sqlstate, detail and hint
+# from any plpy.Error (PLy_get_error_data). One class per interpreter's plpy module.
+_ERROR_CLASSES: dict[type, type] = {}
+# plpy.SPIError.spidata after the packed SQLSTATE (plpy_spi.c, PLy_spi_exception_set).
+_SPI_FIELDS = ("detail", "hint", "query", "position", "schema_name", "table_name",
+               "column_name", "datatype_name", "constraint_name")
+# query and position describe the statement inside our function, not the caller's.
+_RELAYED_FIELDS = frozenset(_SPI_FIELDS) - {"query", "position"}
+
+
+def sql_error(plpy: Any, message: str, *, sqlstate: str, hint: str | None = None,
+              detail: str | None = None, **fields: Any) -> Exception:
+    """An exception the caller sees as ``ERROR: segmentation: <message>`` with this
+    SQLSTATE, hint and detail (and any other ``plpy.error`` field in ``fields``)."""
+    cls = _ERROR_CLASSES.get(plpy.Error)
+    if cls is None:
+        cls = _ERROR_CLASSES[plpy.Error] = type("segmentation", (plpy.Error,),
+                                                {"__module__": "builtins"})
+    exc = cls(message)
+    exc.sqlstate, exc.hint, exc.detail = sqlstate, hint, detail
+    for name, value in fields.items():
+        setattr(exc, name, value)
+    return exc
+
+
+def spi_sqlstate(exc: Any) -> str:
+    """SQLSTATE of a ``plpy.SPIError``.
+
+    A class attribute for the codes PostgreSQL defines; for any other (our SGxxx raised
+    by a nested call) only packed into ``spidata[0]``, six bits per character
+    (MAKE_SQLSTATE).
+    """
+    code = getattr(exc, "sqlstate", None)
+    if code:
+        return str(code)
+    spidata = getattr(exc, "spidata", None)
+    if spidata and isinstance(spidata[0], int):
+        return "".join(chr(((spidata[0] >> (6 * i)) & 0x3F) + ord("0")) for i in range(5))
+    return "XX000"
+
+
+def _reraised(plpy: Any, exc: Any) -> Exception:
+    """A database error (cancel, timeout, constraint) as a ``segmentation:`` error with the
+    same SQLSTATE and fields; its traceback (the failing line) stays in CONTEXT."""
+    spidata = getattr(exc, "spidata", None) or ()
+    fields = {k: v for k, v in zip(_SPI_FIELDS, spidata[1:], strict=False)
+              if k in _RELAYED_FIELDS and v is not None}
+    message = str(exc).removeprefix("segmentation: ")
+    return sql_error(plpy, message, sqlstate=spi_sqlstate(exc), **fields).with_traceback(
+        exc.__traceback__)
+
+
 def reports_errors(fn: F) -> F:
-    """Turn a :class:`SegmentationError` into ``plpy.error`` with SQLSTATE and hint."""
+    """Report failures as ``segmentation: <message>`` with a stable SQLSTATE and a hint."""
 
     @functools.wraps(fn)
     def wrapper(plpy: Any, *args: Any, **kwargs: Any) -> Any:
@@ -50,16 +106,18 @@ def reports_errors(fn: F) -> F:
             return fn(plpy, *args, **kwargs)
         except SegmentationError as exc:
             _record_failure(plpy, exc.sqlstate, exc.message)
-            extra = {k: v for k, v in (("detail", exc.detail), ("hint", exc.hint)) if v}
-            plpy.error(exc.message, sqlstate=exc.sqlstate, **extra)
+            raise sql_error(plpy, exc.message, sqlstate=exc.sqlstate, hint=exc.hint,
+                            detail=exc.detail) from None
         except plpy.SPIError as exc:
-            _record_failure(plpy, getattr(exc, "sqlstate", None) or "XX000", str(exc))
-            raise  # a database error (cancel, timeout, constraint): keep its SQLSTATE
+            # A database error (cancel, timeout, constraint): keep its SQLSTATE.
+            _record_failure(plpy, spi_sqlstate(exc), str(exc))
+            raise _reraised(plpy, exc) from None
         except Exception as exc:  # a bug: still a clean message, the traceback goes to CONTEXT
-            message = f"segmentation internal error in {fn.__name__}: {type(exc).__name__}: {exc}"
+            message = f"internal error in {fn.__name__}: {type(exc).__name__}: {exc}"
             _record_failure(plpy, "XX000", message)
-            plpy.error(message, hint="This is a bug; please report it with the server log.",
-                       sqlstate="XX000")
+            raise sql_error(plpy, message, sqlstate="XX000",
+                            hint="This is a bug; please report it with the server log."
+                            ).with_traceback(exc.__traceback__) from None
         finally:
             _current_run.clear()
 

@@ -510,7 +510,10 @@ def test_bad_input(world: World, case: Case) -> None:
             assert outcome.sqlstate in expected, f"{outcome.sqlstate}: {message}"
             assert outcome.sqlstate != "XX000"
             assert "Traceback" not in message and len(message) < 2000
+            # Raised by our functions: named as ours, never as a PL/Python class.
+            assert not re.match(r"(plpy|spiexceptions)\.", message), message
             if re.fullmatch(r"SG\d{3}", outcome.sqlstate or ""):
+                assert message.startswith("segmentation: "), message
                 assert outcome.diag.message_hint, "an SG error without a hint"
         else:
             assert "ok" in expected, f"succeeded, expected {case.expect}: {str(outcome)[:200]}"

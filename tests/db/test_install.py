@@ -112,6 +112,10 @@ def test_version_mismatch_in_open_session_fails_cleanly(conn: psycopg.Connection
     with pytest.raises(psycopg.Error) as err:
         conn.execute("SELECT segmentation.python_runtime()")
     assert err.value.sqlstate == "SG010"
+    # Raised in the caller's frame, not relayed through SPI ("plpy.SPIError: plpy.Error: ...").
+    assert err.value.diag.message_primary == (
+        "segmentation: the library was upgraded from 0.0.1 to"
+        f" {__version__} while this session was open")
     assert "Reconnect" in (err.value.diag.message_hint or "")
 
 
