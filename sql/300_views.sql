@@ -63,24 +63,33 @@ COMMENT ON COLUMN segmentation.player_memberships_long.is_primary IS 'True for t
 -- definition may have changed) and refreshed CONCURRENTLY by categorize_all.
 DROP MATERIALIZED VIEW IF EXISTS segmentation.segment_summary;
 CREATE MATERIALIZED VIEW segmentation.segment_summary AS
-WITH current_rows AS (
-    SELECT m.* FROM segmentation.player_segment_memberships m WHERE m.valid_to IS NULL
+-- Two passes over the current rows, each grouping into a handful of groups: primary
+-- counts by segment, and degree sums by array position (mapped to segment ids after
+-- aggregating, on k rows per taxonomy, not per player).
+WITH primary_counts AS (
+    SELECT m.taxonomy_id, m.segment_id,
+           count(*) AS players,
+           count(*) FILTER (WHERE m.is_anomaly) AS anomalies,
+           avg(m.membership) AS mean_membership
+      FROM segmentation.player_segment_memberships m
+     WHERE m.valid_to IS NULL
+     GROUP BY m.taxonomy_id, m.segment_id
+), degree_sums AS (
+    SELECT m.taxonomy_id, u.pos, sum(u.degree) AS fuzzy_size
+      FROM segmentation.player_segment_memberships m
+     CROSS JOIN LATERAL unnest(m.memberships) WITH ORDINALITY u(degree, pos)
+     WHERE m.valid_to IS NULL
+     GROUP BY m.taxonomy_id, u.pos
 ), taxonomies AS (
     SELECT t.* FROM segmentation.game_behavioral_taxonomy t
-     WHERE t.is_active OR t.taxonomy_id IN (SELECT DISTINCT taxonomy_id FROM current_rows)
-), degrees AS (
-    SELECT c.taxonomy_id, t.segment_order[u.pos] AS segment_id, u.degree,
-           t.segment_order[u.pos] = c.segment_id AS is_primary, c.is_anomaly
-      FROM current_rows c
-      JOIN taxonomies t ON t.taxonomy_id = c.taxonomy_id
-     CROSS JOIN LATERAL unnest(c.memberships) WITH ORDINALITY u(degree, pos)
+     WHERE t.is_active OR t.taxonomy_id IN (SELECT taxonomy_id FROM primary_counts)
 ), per_segment AS (
-    SELECT taxonomy_id, segment_id,
-           count(*) FILTER (WHERE is_primary) AS players,
-           sum(degree) AS fuzzy_size,
-           count(*) FILTER (WHERE is_primary AND is_anomaly) AS anomalies,
-           avg(degree) FILTER (WHERE is_primary) AS mean_membership
-      FROM degrees GROUP BY taxonomy_id, segment_id
+    SELECT d.taxonomy_id, t.segment_order[d.pos] AS segment_id, d.fuzzy_size,
+           p.players, p.anomalies, p.mean_membership
+      FROM degree_sums d
+      JOIN taxonomies t ON t.taxonomy_id = d.taxonomy_id
+      LEFT JOIN primary_counts p
+        ON p.taxonomy_id = d.taxonomy_id AND p.segment_id = t.segment_order[d.pos]
 )
 SELECT t.game_id,
        t.taxonomy_id,

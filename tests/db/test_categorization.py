@@ -60,6 +60,34 @@ def test_batch_agrees_with_calibration_and_single_calls(calibrated: psycopg.Conn
     assert summary[0] == 2500 and summary[1] == pytest.approx(2500)
 
 
+def test_segment_summary_matches_the_per_player_views(calibrated: psycopg.Connection) -> None:
+    """Every figure of segment_summary, per segment, against the same figure computed from
+    player_memberships_long and player_current_segment (one row per player and segment)."""
+    conn = calibrated
+    conn.execute("SELECT segmentation.categorize_all('g1', %s)", (AS_OF,))
+    summary = {r[0]: r[1:] for r in conn.execute(
+        "SELECT segment_name, players, fuzzy_size, anomalies, mean_membership, share,"
+        " fuzzy_share FROM segmentation.segment_summary WHERE is_active")}
+    oracle = {r[0]: r[1:] for r in conn.execute(
+        "SELECT l.segment_name, count(*) FILTER (WHERE l.is_primary), sum(l.degree),"
+        " count(*) FILTER (WHERE l.is_primary AND c.is_anomaly),"
+        " avg(l.degree) FILTER (WHERE l.is_primary),"
+        " count(*) FILTER (WHERE l.is_primary) / 2500.0, sum(l.degree) / 2500.0"
+        " FROM segmentation.player_memberships_long l"
+        " JOIN segmentation.player_current_segment c USING (game_id, player_id)"
+        " GROUP BY l.segment_name")}
+    assert summary.keys() == oracle.keys() and len(summary) == 7
+    for name, (players, fuzzy, anomalies, mean, share, fuzzy_share) in oracle.items():
+        got = summary[name]
+        assert got[0] == players and got[2] == anomalies, name
+        assert got[1] == pytest.approx(float(fuzzy), rel=1e-12), name
+        assert got[3] == pytest.approx(float(mean), rel=1e-12), name
+        assert got[4] == pytest.approx(float(share), rel=1e-12), name
+        assert got[5] == pytest.approx(float(fuzzy_share), rel=1e-12), name
+    # Fuzzy sizes differ from crisp counts: the degrees are not all 0 or 1.
+    assert any(abs(summary[n][1] - summary[n][0]) > 1e-6 for n in summary)
+
+
 def test_history_and_transitions_after_changed_data(calibrated: psycopg.Connection) -> None:
     conn = calibrated
     conn.execute("SELECT segmentation.categorize_all('g1', %s)", (AS_OF,))
