@@ -705,12 +705,16 @@ def categorize_all(plpy: Any, GD: dict, game_id: str, as_of: str | None) -> str:
         " memberships float8[], axis_scores float8[], anomaly_score float8, is_anomaly bool")
     insert = plpy.prepare(
         # unnest, not $1[i]: subscripting a text[] walks it from the start (quadratic
-        # per chunk); slicing the fixed-width float8[] arrays is direct.
+        # per chunk); slicing the fixed-width float8[] arrays is direct. The primary
+        # degree is picked from the memberships by the primary's position ($3, 1-based):
+        # PL/Python hands an int to SQL several times faster than a float (which goes
+        # through its decimal text), and this is the same value.
         "INSERT INTO pg_temp.segmentation_batch SELECT u.player_id, u.segment_id,"
-        " u.membership, $4[(u.i - 1) * $8 + 1 : u.i * $8], $5[(u.i - 1) * $9 + 1 : u.i * $9],"
+        " $4[(u.i - 1) * $8 + u.primary_pos], $4[(u.i - 1) * $8 + 1 : u.i * $8],"
+        " $5[(u.i - 1) * $9 + 1 : u.i * $9],"
         " u.anomaly_score, u.is_anomaly FROM unnest($1, $2, $3, $6, $7) WITH ORDINALITY"
-        " AS u(player_id, segment_id, membership, anomaly_score, is_anomaly, i)",
-        ["text[]", "int4[]", "float8[]", "float8[]", "float8[]", "float8[]", "bool[]",
+        " AS u(player_id, segment_id, primary_pos, anomaly_score, is_anomaly, i)",
+        ["text[]", "int4[]", "int4[]", "float8[]", "float8[]", "float8[]", "bool[]",
          "int4", "int4"])
     k, d = taxonomy.segments.n_segments, taxonomy.axes.n_axes
     after, done, anomalies, t_score, t_write = "", 0, 0, 0.0, 0.0
@@ -733,7 +737,7 @@ def categorize_all(plpy: Any, GD: dict, game_id: str, as_of: str | None) -> str:
         kept.append((s.prepared[keep], s.axis_scores[keep], s.segment_id[keep],
                      s.anomaly.is_anomaly[keep]))
         t2 = time.perf_counter()
-        plpy.execute(insert, [ids, s.segment_id.tolist(), s.membership.tolist(),
+        plpy.execute(insert, [ids, s.segment_id.tolist(), (s.primary + 1).tolist(),
                               s.posteriors.ravel().tolist(), s.axis_scores.ravel().tolist(),
                               s.anomaly.score.tolist(), s.anomaly.is_anomaly.tolist(), k, d])
         t_write += time.perf_counter() - t2
