@@ -226,3 +226,37 @@ def test_metrics_view_counts_calls_and_runs(conn: psycopg.Connection) -> None:
         assert by_name["health"][1] >= 3 and by_name["health"][2] > 0
     else:
         assert "track_functions" in by_name["health"][3]
+
+
+def test_database_errors_reach_the_caller_as_ours_with_every_field(
+        conn: psycopg.Connection) -> None:
+    """An error met through SPI inside one of our functions - a constraint, or an SG code
+    raised by a nested PL/pgSQL call - reaches the caller as ``segmentation: <message>``
+    with its own SQLSTATE, detail, hint and constraint, not as ``spiexceptions.X: ...``
+    or ``plpy.SPIError: ...`` (where a custom SQLSTATE used to become XX000 in the run
+    log)."""
+    conn.execute("CREATE TEMP TABLE t (x int CONSTRAINT t_x_positive CHECK (x > 0))")
+    conn.execute(
+        "CREATE FUNCTION pg_temp.relay(statement text) RETURNS int LANGUAGE plpython3u AS $$\n"
+        "plpy.execute('SELECT segmentation._python_bootstrap()')\n"
+        "api = GD['segmentation.api']\n"
+        "@api.reports_errors\n"
+        "def run(plpy):\n"
+        "    plpy.execute(statement)\n"
+        "return run(plpy)\n$$")
+    with pytest.raises(psycopg.errors.CheckViolation) as err:
+        conn.execute("SELECT pg_temp.relay('INSERT INTO pg_temp.t VALUES (-1)')")
+    diag = err.value.diag
+    assert diag.message_primary == (
+        'segmentation: new row for relation "t" violates check constraint "t_x_positive"')
+    assert diag.message_detail == "Failing row contains (-1)."
+    assert (diag.table_name, diag.constraint_name) == ("t", "t_x_positive")
+
+    with pytest.raises(psycopg.Error) as err:
+        conn.execute("SELECT pg_temp.relay($q$DO $d$ BEGIN RAISE EXCEPTION 'nested problem'"
+                     " USING ERRCODE = 'SG020', DETAIL = 'the detail', HINT = 'the hint';"
+                     " END $d$$q$)")
+    assert err.value.sqlstate == "SG020"
+    diag = err.value.diag
+    assert diag.message_primary == "segmentation: nested problem"
+    assert (diag.message_detail, diag.message_hint) == ("the detail", "the hint")
