@@ -1,6 +1,9 @@
 -- Loads the server-side Python library into the session (GD) once.
 -- Every PL/Python function starts with:
---   if GD.get("segmentation.version") != "@VERSION@": plpy.execute("SELECT segmentation._python_bootstrap()")
+--   if GD.get("segmentation.version") != "@VERSION@":
+--       plpy.execute("SELECT segmentation._python_bootstrap()")
+--       if "segmentation.unavailable" in GD:
+--           GD["segmentation.unavailable"]()
 -- so the import cost is paid once per backend, and a session that loaded an
 -- older version fails cleanly instead of mixing two versions.
 CREATE OR REPLACE FUNCTION segmentation._python_bootstrap() RETURNS text
@@ -10,26 +13,25 @@ AS $$
 version = "@VERSION@"
 loaded = GD.get("segmentation.version")
 if loaded == version:
+    GD.pop("segmentation.unavailable", None)
     return version
 
 
 def unavailable(message, sqlstate, hint, detail=None):
     # Every function calls this one through SPI, so an error raised here would reach the
-    # user as "plpy.SPIError: plpy.Error: <message>". Instead the library's place in GD
-    # gets a stand-in whose every function raises the error in the caller's own frame,
-    # as "segmentation: <message>" (see sql_api.sql_error). Nothing is cached: the next
-    # call comes back here.
+    # user as "plpy.SPIError: plpy.Error: <message>". Instead the caller, right after
+    # this call, runs GD["segmentation.unavailable"], which raises the error in its own
+    # frame as "segmentation: <message>" (see sql_api.sql_error). The loaded library is
+    # left alone: functions of that version (after a rolled-back install, say) keep
+    # working, and the next call of this version comes back here.
     error_class = type("segmentation", (plpy.Error,), {"__module__": "builtins"})
 
-    class Unavailable:
-        def __getattr__(self, name):
-            def fail(*args, **kwargs):
-                exc = error_class(message)
-                exc.sqlstate, exc.hint, exc.detail = sqlstate, hint, detail
-                raise exc
-            return fail
+    def fail():
+        exc = error_class(message)
+        exc.sqlstate, exc.hint, exc.detail = sqlstate, hint, detail
+        raise exc
 
-    GD["segmentation.api"] = Unavailable()
+    GD["segmentation.unavailable"] = fail
     return "unavailable: " + sqlstate
 
 
@@ -102,6 +104,7 @@ from segmentation import sql_api
 GD["segmentation.api"] = sql_api
 GD["segmentation.lib_dir"] = lib_dir
 GD["segmentation.version"] = version
+GD.pop("segmentation.unavailable", None)
 return version
 $$;
 COMMENT ON FUNCTION segmentation._python_bootstrap() IS

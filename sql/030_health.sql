@@ -6,6 +6,8 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 if GD.get("segmentation.version") != "@VERSION@":
     plpy.execute("SELECT segmentation._python_bootstrap()")
+    if "segmentation.unavailable" in GD:
+        GD["segmentation.unavailable"]()
 return GD["segmentation.api"].python_runtime(plpy, GD)
 $$;
 COMMENT ON FUNCTION segmentation.python_runtime() IS

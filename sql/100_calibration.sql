@@ -14,6 +14,8 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 if GD.get("segmentation.version") != "@VERSION@":
     plpy.execute("SELECT segmentation._python_bootstrap()")
+    if "segmentation.unavailable" in GD:
+        GD["segmentation.unavailable"]()
 return GD["segmentation.api"].calibrate_taxonomy(plpy, GD, game_id, lookback_days, n_segments, as_of, activate)
 $$;
 COMMENT ON FUNCTION segmentation.calibrate_taxonomy(text, integer, integer, date, boolean) IS
@@ -26,6 +28,8 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 if GD.get("segmentation.version") != "@VERSION@":
     plpy.execute("SELECT segmentation._python_bootstrap()")
+    if "segmentation.unavailable" in GD:
+        GD["segmentation.unavailable"]()
 return GD["segmentation.api"].activate_taxonomy(plpy, GD, taxonomy_id)
 $$;
 COMMENT ON FUNCTION segmentation.activate_taxonomy(bigint) IS
@@ -59,6 +63,8 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 if GD.get("segmentation.version") != "@VERSION@":
     plpy.execute("SELECT segmentation._python_bootstrap()")
+    if "segmentation.unavailable" in GD:
+        GD["segmentation.unavailable"]()
 return GD["segmentation.api"].register_feature_source(plpy, GD, game_id, source, player_column)
 $$;
 COMMENT ON FUNCTION segmentation.register_feature_source(text, regclass, name) IS
@@ -83,6 +89,8 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 if GD.get("segmentation.version") != "@VERSION@":
     plpy.execute("SELECT segmentation._python_bootstrap()")
+    if "segmentation.unavailable" in GD:
+        GD["segmentation.unavailable"]()
 return GD["segmentation.api"].export_taxonomy(plpy, GD, taxonomy_id)
 $$;
 COMMENT ON FUNCTION segmentation.export_taxonomy(bigint) IS
@@ -96,6 +104,8 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 if GD.get("segmentation.version") != "@VERSION@":
     plpy.execute("SELECT segmentation._python_bootstrap()")
+    if "segmentation.unavailable" in GD:
+        GD["segmentation.unavailable"]()
 return GD["segmentation.api"].import_taxonomy(plpy, GD, doc, game_id, activate)
 $$;
 COMMENT ON FUNCTION segmentation.import_taxonomy(jsonb, text, boolean) IS

@@ -33,6 +33,8 @@ SET plan_cache_mode = force_generic_plan
 AS $$
 if GD.get("segmentation.version") != "@VERSION@":
     plpy.execute("SELECT segmentation._python_bootstrap()")
+    if "segmentation.unavailable" in GD:
+        GD["segmentation.unavailable"]()
 return GD["segmentation.api"].categorize_player(plpy, GD, game_id, player_id, as_of)
 $$;
 COMMENT ON FUNCTION segmentation.categorize_player(text, text, date) IS
@@ -52,6 +54,8 @@ LANGUAGE plpython3u STABLE PARALLEL SAFE
 AS $$
 if GD.get("segmentation.version") != "@VERSION@":
     plpy.execute("SELECT segmentation._python_bootstrap()")
+    if "segmentation.unavailable" in GD:
+        GD["segmentation.unavailable"]()
 return GD["segmentation.api"].categorize_features(plpy, GD, game_id, features)
 $$;
 COMMENT ON FUNCTION segmentation.categorize_player(text, jsonb) IS
@@ -64,6 +68,8 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 if GD.get("segmentation.version") != "@VERSION@":
     plpy.execute("SELECT segmentation._python_bootstrap()")
+    if "segmentation.unavailable" in GD:
+        GD["segmentation.unavailable"]()
 return GD["segmentation.api"].categorize_all(plpy, GD, game_id, as_of)
 $$;
 COMMENT ON FUNCTION segmentation.categorize_all(text, date) IS

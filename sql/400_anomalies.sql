@@ -9,6 +9,8 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 if GD.get("segmentation.version") != "@VERSION@":
     plpy.execute("SELECT segmentation._python_bootstrap()")
+    if "segmentation.unavailable" in GD:
+        GD["segmentation.unavailable"]()
 return GD["segmentation.api"].detect_anomalies(plpy, GD, game_id, as_of, min_score)
 $$;
 COMMENT ON FUNCTION segmentation.detect_anomalies(text, date, double precision) IS
@@ -21,6 +23,8 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 if GD.get("segmentation.version") != "@VERSION@":
     plpy.execute("SELECT segmentation._python_bootstrap()")
+    if "segmentation.unavailable" in GD:
+        GD["segmentation.unavailable"]()
 return GD["segmentation.api"].taxonomy_drift(plpy, GD, game_id, as_of)
 $$;
 COMMENT ON FUNCTION segmentation.taxonomy_drift(text, date) IS

@@ -117,6 +117,13 @@ def test_version_mismatch_in_open_session_fails_cleanly(conn: psycopg.Connection
         "segmentation: the library was upgraded from 0.0.1 to"
         f" {__version__} while this session was open")
     assert "Reconnect" in (err.value.diag.message_hint or "")
+    # The loaded library itself is left alone: once the SQL in place is again that of the
+    # loaded version (here: the simulation undone, as after a rolled-back install), its
+    # functions work in this same session.
+    conn.execute("DO LANGUAGE plpython3u $$ GD['segmentation.version'] = '%s' $$"
+                 % __version__)
+    assert conn.execute("SELECT segmentation.python_runtime()").fetchone()[0]["package"] == (
+        __version__)
 
 
 def test_settings_view_and_validation(dsn: str, conn: psycopg.Connection) -> None:

@@ -378,6 +378,8 @@ def test_only_a_superuser_may_redirect_the_python_library(world: World) -> None:
                 with pytest.raises(psycopg.Error) as err:
                     c.execute("SELECT segmentation.python_runtime()")
                 assert err.value.sqlstate == "SG011", (role, str(err.value))
+                assert err.value.diag.message_primary.startswith(
+                    "segmentation: segmentation.python_lib_dir was changed"), str(err.value)
                 assert "planted code ran" not in str(err.value)
                 assert err.value.diag.message_hint
                 health = c.execute("SELECT segmentation.health()").fetchone()[0]
