@@ -61,31 +61,43 @@ def test_batch_agrees_with_calibration_and_single_calls(calibrated: psycopg.Conn
 
 
 def test_segment_summary_matches_the_per_player_views(calibrated: psycopg.Connection) -> None:
-    """Every figure of segment_summary, per segment, against the same figure computed from
-    player_memberships_long and player_current_segment (one row per player and segment)."""
+    """Every figure of segment_summary, per taxonomy and segment, against the same figure
+    computed from player_memberships_long and player_current_segment - with the players'
+    current rows in a taxonomy that is no longer active, and a new active one that has
+    categorized nobody yet (all zeros, no mean)."""
     conn = calibrated
     conn.execute("SELECT segmentation.categorize_all('g1', %s)", (AS_OF,))
-    summary = {r[0]: r[1:] for r in conn.execute(
-        "SELECT segment_name, players, fuzzy_size, anomalies, mean_membership, share,"
-        " fuzzy_share FROM segmentation.segment_summary WHERE is_active")}
-    oracle = {r[0]: r[1:] for r in conn.execute(
-        "SELECT l.segment_name, count(*) FILTER (WHERE l.is_primary), sum(l.degree),"
-        " count(*) FILTER (WHERE l.is_primary AND c.is_anomaly),"
+    old_id = conn.execute("SELECT taxonomy_id FROM segmentation.game_behavioral_taxonomy"
+                          " WHERE is_active").fetchone()[0]
+    new_id = calibrate(conn)["taxonomy_id"]
+    assert new_id != old_id
+    # categorize_all refreshes the view; here nobody has been categorized with new_id yet.
+    conn.execute("REFRESH MATERIALIZED VIEW segmentation.segment_summary")
+    summary = {(r[0], r[1]): r[2:] for r in conn.execute(
+        "SELECT taxonomy_id, segment_id, players, fuzzy_size, anomalies, mean_membership,"
+        " share, fuzzy_share, is_active FROM segmentation.segment_summary")}
+    oracle = {(r[0], r[1]): r[2:] for r in conn.execute(
+        "SELECT l.taxonomy_id, l.segment_id, count(*) FILTER (WHERE l.is_primary),"
+        " sum(l.degree), count(*) FILTER (WHERE l.is_primary AND c.is_anomaly),"
         " avg(l.degree) FILTER (WHERE l.is_primary),"
         " count(*) FILTER (WHERE l.is_primary) / 2500.0, sum(l.degree) / 2500.0"
         " FROM segmentation.player_memberships_long l"
         " JOIN segmentation.player_current_segment c USING (game_id, player_id)"
-        " GROUP BY l.segment_name")}
-    assert summary.keys() == oracle.keys() and len(summary) == 7
-    for name, (players, fuzzy, anomalies, mean, share, fuzzy_share) in oracle.items():
-        got = summary[name]
-        assert got[0] == players and got[2] == anomalies, name
-        assert got[1] == pytest.approx(float(fuzzy), rel=1e-12), name
-        assert got[3] == pytest.approx(float(mean), rel=1e-12), name
-        assert got[4] == pytest.approx(float(share), rel=1e-12), name
-        assert got[5] == pytest.approx(float(fuzzy_share), rel=1e-12), name
+        " GROUP BY l.taxonomy_id, l.segment_id")}
+    assert {t for t, _ in summary} == {old_id, new_id}
+    assert {k for k in summary if k[0] == old_id} == oracle.keys() and len(oracle) == 7
+    for key, (players, fuzzy, anomalies, mean, share, fuzzy_share) in oracle.items():
+        got = summary[key]
+        assert got[0] == players and got[2] == anomalies, key
+        assert got[1] == pytest.approx(float(fuzzy), rel=1e-12), key
+        assert got[3] == pytest.approx(float(mean), rel=1e-12), key
+        assert got[4] == pytest.approx(float(share), rel=1e-12), key
+        assert got[5] == pytest.approx(float(fuzzy_share), rel=1e-12), key
+        assert got[6] is False, key
+    new_rows = [v for k, v in summary.items() if k[0] == new_id]
+    assert new_rows and all(v == (0, 0, 0, None, 0, 0, True) for v in new_rows), new_rows
     # Fuzzy sizes differ from crisp counts: the degrees are not all 0 or 1.
-    assert any(abs(summary[n][1] - summary[n][0]) > 1e-6 for n in summary)
+    assert any(abs(v[1] - v[0]) > 1e-6 for k, v in summary.items() if k[0] == old_id)
 
 
 def test_history_and_transitions_after_changed_data(calibrated: psycopg.Connection) -> None:
