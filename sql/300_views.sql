@@ -111,7 +111,7 @@ SELECT t.game_id,
   LEFT JOIN per_segment p ON p.taxonomy_id = sd.taxonomy_id AND p.segment_id = sd.segment_id
 WINDOW w AS (PARTITION BY t.taxonomy_id);
 CREATE UNIQUE INDEX segment_summary_key ON segmentation.segment_summary (taxonomy_id, segment_id);
-COMMENT ON MATERIALIZED VIEW segmentation.segment_summary IS 'Per game, taxonomy and segment: players, fuzzy size, shares, anomalies and profile. Refreshed by categorize_all.';
+COMMENT ON MATERIALIZED VIEW segmentation.segment_summary IS 'Per game, taxonomy and segment: players, fuzzy size, shares, anomalies and profile. Refreshed by categorize_all and when a taxonomy version is activated.';
 COMMENT ON COLUMN segmentation.segment_summary.game_id IS 'Game.';
 COMMENT ON COLUMN segmentation.segment_summary.taxonomy_id IS 'Taxonomy version.';
 COMMENT ON COLUMN segmentation.segment_summary.taxonomy_version IS 'Version number within the game.';

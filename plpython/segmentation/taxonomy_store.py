@@ -215,7 +215,11 @@ def activate(plpy: Any, taxonomy_id: int) -> str:
         "UPDATE segmentation.game_behavioral_taxonomy SET is_active = false"
         " WHERE game_id = $1 AND is_active AND taxonomy_id <> $2"), ["text", "int8"]),
         [game_id, taxonomy_id])
-    plpy.execute(_plan(plpy, "act", (
+    changed = plpy.execute(_plan(plpy, "act", (
         "UPDATE segmentation.game_behavioral_taxonomy SET is_active = true"
-        " WHERE taxonomy_id = $1 AND NOT is_active"), ["int8"]), [taxonomy_id])
+        " WHERE taxonomy_id = $1 AND NOT is_active"), ["int8"]), [taxonomy_id]).nrows()
+    if changed:
+        # segment_summary materializes is_active: without this, dashboards filtering on
+        # it would show the previous version as active until the next categorize_all.
+        plpy.execute("REFRESH MATERIALIZED VIEW CONCURRENTLY segmentation.segment_summary")
     return str(game_id)

@@ -64,15 +64,14 @@ def test_segment_summary_matches_the_per_player_views(calibrated: psycopg.Connec
     """Every figure of segment_summary, per taxonomy and segment, against the same figure
     computed from player_memberships_long and player_current_segment - with the players'
     current rows in a taxonomy that is no longer active, and a new active one that has
-    categorized nobody yet (all zeros, no mean)."""
+    categorized nobody yet (all zeros, no mean), shown as soon as it is activated."""
     conn = calibrated
     conn.execute("SELECT segmentation.categorize_all('g1', %s)", (AS_OF,))
     old_id = conn.execute("SELECT taxonomy_id FROM segmentation.game_behavioral_taxonomy"
                           " WHERE is_active").fetchone()[0]
+    # Activating a version refreshes the view: nobody is categorized with it yet.
     new_id = calibrate(conn)["taxonomy_id"]
     assert new_id != old_id
-    # categorize_all refreshes the view; here nobody has been categorized with new_id yet.
-    conn.execute("REFRESH MATERIALIZED VIEW segmentation.segment_summary")
     summary = {(r[0], r[1]): r[2:] for r in conn.execute(
         "SELECT taxonomy_id, segment_id, players, fuzzy_size, anomalies, mean_membership,"
         " share, fuzzy_share, is_active FROM segmentation.segment_summary")}
