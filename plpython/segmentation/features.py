@@ -123,11 +123,14 @@ def _invalid(i: int) -> str:
             f" OR (a.metrics ->> {key})::float8 < 0)::float8")
 
 
-def activity_aggregate_sql(n_metrics: int, *, player_filter: bool, with_invalid: bool) -> str:
+def activity_aggregate_sql(n_metrics: int, *, player_filter: bool, with_invalid: bool,
+                           sample_filter: bool = False) -> str:
     """Per-player aggregates over the window.
 
     Parameters: $1 game_id text, $2 as_of date, $3 lookback_days int,
-    $4 metrics text[], and with ``player_filter`` $5 player_id text.
+    $4 metrics text[], and with ``player_filter`` $5 player_id text; with
+    ``sample_filter`` (see :func:`sample_threshold_sql`) only players with
+    ``md5(player_id || $5) <= $6`` ($5 seed text, $6 threshold text).
     Columns: player_id, active_days, days_since_last, tenure_days, t1..tn
     (metric totals), and with ``with_invalid`` b1..bn (invalid value counts).
     Negative daily values are summed as they are (refunds); the preparation
@@ -148,8 +151,29 @@ def activity_aggregate_sql(n_metrics: int, *, player_filter: bool, with_invalid:
     where = "a.game_id = $1 AND a.activity_date > $2::date - $3 AND a.activity_date <= $2::date"
     if player_filter:
         where += " AND a.player_id = $5"
+    elif sample_filter:
+        where += " AND md5(a.player_id || $5::text) <= $6::text"
     return (f"SELECT {', '.join(cols)} FROM segmentation.player_activity a"
             f" WHERE {where} GROUP BY a.player_id")
+
+
+def sample_threshold_sql() -> str:
+    """Players in the window, and the seeded sample's bound on ``md5(player_id || seed)``.
+
+    Parameters: $1 game_id text, $2 as_of date, $3 lookback_days int, $4 seed text,
+    $5 sample size int8. Columns: ``players`` (distinct players in the window) and
+    ``threshold``: the sample is every player whose ``md5(player_id || seed)`` is at
+    most it - the ``$5`` players with the smallest hashes, a uniform draw fixed by
+    the seed. It lets the aggregation skip the other players' rows before their
+    metrics are read (calibration fits on the sample only).
+    """
+    return (
+        "WITH p AS (SELECT DISTINCT a.player_id FROM segmentation.player_activity a"
+        "  WHERE a.game_id = $1 AND a.activity_date > $2::date - $3"
+        "    AND a.activity_date <= $2::date)"
+        " SELECT (SELECT count(*) FROM p) AS players,"
+        " (SELECT max(h) FROM (SELECT md5(p.player_id || $4::text) AS h FROM p"
+        "   ORDER BY 1 LIMIT $5) s) AS threshold")
 
 
 def packed_columns_sql(columns: list[str]) -> str:

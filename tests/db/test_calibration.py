@@ -181,3 +181,40 @@ def test_export_import_round_trip(population: psycopg.Connection) -> None:
     with pytest.raises(psycopg.Error) as err:
         conn.execute("SELECT segmentation.import_taxonomy('{\"format\": \"nope\"}'::jsonb)")
     assert err.value.sqlstate == "SG012"
+
+
+SAMPLE_SQL = (
+    "SELECT player_id FROM (SELECT DISTINCT player_id FROM segmentation.player_activity"
+    " WHERE game_id = 'g1' AND activity_date > %(as_of)s::date - 90"
+    " AND activity_date <= %(as_of)s) p ORDER BY md5(player_id || '0') LIMIT 1200")
+
+
+def test_sampled_calibration_fits_a_seeded_sample_and_counts_its_rows(
+        population: psycopg.Connection) -> None:
+    """Above segmentation.calibration_sample_size the model is fitted on the players with
+    the lowest md5(player_id || random_seed): a fixed, uniform draw. Its data-quality
+    counts cover the rows of the sampled players, like every other fitted figure."""
+    conn = population
+    sample = [r[0] for r in conn.execute(SAMPLE_SQL, {"as_of": AS_OF}).fetchall()]
+    outside = conn.execute(
+        "SELECT DISTINCT player_id FROM segmentation.player_activity WHERE game_id = 'g1'"
+        " AND NOT player_id = ANY(%s) ORDER BY 1 LIMIT 1", (sample,)).fetchone()[0]
+    # One bad value (a string) on a day of a sampled player, three on an unsampled one.
+    for player, n in ((sample[0], 1), (outside, 3)):
+        conn.execute(
+            "UPDATE segmentation.player_activity SET metrics = metrics || '{\"sessions\": \"x\"}'"
+            " WHERE (game_id, player_id, activity_date) IN (SELECT game_id, player_id,"
+            " activity_date FROM segmentation.player_activity WHERE game_id = 'g1'"
+            " AND player_id = %s ORDER BY activity_date DESC LIMIT %s)", (player, n))
+    conn.execute("SET segmentation.calibration_sample_size = 1200")
+    summary = calibrate(conn)
+    assert summary["population"] == {
+        "players_in_window": 3000, "calibrated_on": 1200, "sampled": True}
+    assert sum(s["size"] for s in summary["segments"]) == 1200
+    assert summary["features"]["invalid_metric_values_ignored"] == {"sessions": 1}
+    # The same seed draws the same sample: a recalibration finds the same segments.
+    again = calibrate(conn)
+    assert [s["size"] for s in again["segments"]] == [s["size"] for s in summary["segments"]]
+    # Categorization covers every player in the window, not only the sample.
+    result = conn.execute("SELECT segmentation.categorize_all('g1', %s)", (AS_OF,)).fetchone()[0]
+    assert result["players"] == 3000
