@@ -265,7 +265,9 @@ def main() -> int:
     say("## calibrate_taxonomy: wall time, backend peak memory, growth with players")
     say()
     say("Populations above `segmentation.calibration_sample_size` (200,000) are fitted on a"
-        " uniform sample; the feature load still reads every activity row of the window.")
+        " uniform sample; the feature load still scans every activity row of the window (to"
+        " find the players and draw the sample) but reads metrics only from the sampled"
+        " players' rows.")
     say()
     say("| players | fitted on | wall | of which feature load | backend peak private (resident) |")
     say("|---|---|---|---|---|")
