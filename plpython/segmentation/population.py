@@ -267,14 +267,13 @@ def load_for_calibration(plpy: Any, game_id: str, as_of: str, lookback_days: int
                                         ["text", "date", "int4", "text", "int8"]),
                            [game_id, as_of, lookback_days, str(seed), sample_size])[0]
         n = int(row["players"])
-        if n > sample_size:
-            # The same players fetch() would draw from the whole population, chosen
-            # before the aggregation so the others' metrics are never read.
-            _, invalid = stage_activity(plpy, game_id, as_of, recipe, with_invalid=True,
-                                        sample=(seed, row["threshold"]))
-            ids, X = fetch(plpy, recipe)
-            return Population(recipe, ids, X, n, True, invalid)
-        n, invalid = stage_activity(plpy, game_id, as_of, recipe, with_invalid=True)
+        # Above the sample size: the same players fetch() would draw from the whole
+        # population, chosen before the aggregation so the others' metrics are never read.
+        sample = (seed, row["threshold"]) if n > sample_size else None
+        _, invalid = stage_activity(plpy, game_id, as_of, recipe, with_invalid=True,
+                                    sample=sample)
+        ids, X = fetch(plpy, recipe)
+        return Population(recipe, ids, X, n, sample is not None, invalid)
     sampled = n > sample_size
     ids, X = fetch(plpy, recipe, limit=sample_size if sampled else None, seed=seed)
     return Population(recipe, ids, X, n, sampled, invalid)
