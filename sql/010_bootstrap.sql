@@ -13,7 +13,6 @@ AS $$
 version = "@VERSION@"
 loaded = GD.get("segmentation.version")
 if loaded == version:
-    GD.pop("segmentation.unavailable", None)
     return version
 
 
