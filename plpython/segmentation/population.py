@@ -32,6 +32,10 @@ from segmentation.features import (
 
 NUMERIC_TYPES = ("int2", "int4", "int8", "float4", "float8", "numeric", "bool")
 POPULATION_TABLE = "pg_temp.segmentation_population"
+# A calibration whose game last had at most this share of the sample size in its window
+# aggregates every player at once; others first find the players, to sample them before
+# their metrics are read. Either way gives the same sample; a wrong guess only costs time.
+SMALL_POPULATION_SHARE = 0.8
 
 
 @dataclass
@@ -154,6 +158,13 @@ def stage_activity(plpy: Any, game_id: str, as_of: str, recipe: FeatureRecipe,
     plpy.execute(plpy.prepare(
         f"CREATE TEMP TABLE segmentation_population ON COMMIT DROP AS"
         f" SELECT a.player_id, {cols} FROM ({agg}) a", types), params)
+    return _count_staged(plpy, recipe, with_invalid)
+
+
+def _count_staged(plpy: Any, recipe: FeatureRecipe, with_invalid: bool
+                  ) -> tuple[int, dict[str, int]]:
+    """Players in the staged activity table, and its invalid value counts per metric."""
+    m = len(recipe.metrics)
     invalid: dict[str, int] = {}
     if with_invalid:
         sums = ", ".join(f"coalesce(sum(c{3 + m + i}), 0)::int8 AS b{i}"
@@ -165,6 +176,27 @@ def stage_activity(plpy: Any, game_id: str, as_of: str, recipe: FeatureRecipe,
     else:
         n = int(plpy.execute(f"SELECT count(*) AS n FROM {POPULATION_TABLE}")[0]["n"])
     return n, invalid
+
+
+def _last_calibrated_population(plpy: Any, game_id: str) -> int | None:
+    """Players in the window of the game's latest calibration; None if unknown or sampled.
+
+    (A sampled version stores its sample's size as ``population``.)
+    """
+    rows = plpy.execute(plpy.prepare(
+        "SELECT population, sampled FROM segmentation.game_behavioral_taxonomy"
+        " WHERE game_id = $1 ORDER BY version DESC LIMIT 1", ["text"]), [game_id])
+    if not rows or rows[0]["sampled"]:
+        return None
+    return int(rows[0]["population"])
+
+
+def _keep_sample(plpy: Any, seed: int, sample_size: int) -> None:
+    """Reduce the staged table to the seeded sample of :func:`features.sample_threshold_sql`."""
+    plpy.execute(plpy.prepare(
+        f"DELETE FROM {POPULATION_TABLE} WHERE md5(player_id || $1::text) >"
+        f" (SELECT max(h) FROM (SELECT md5(player_id || $1::text) AS h FROM {POPULATION_TABLE}"
+        f" ORDER BY 1 LIMIT $2) s)", ["text", "int8"]), [str(seed), sample_size])
 
 
 def stage_source(plpy: Any, source: dict[str, Any], recipe: FeatureRecipe) -> int:
@@ -263,17 +295,29 @@ def load_for_calibration(plpy: Any, game_id: str, as_of: str, lookback_days: int
                                   hint="Pass NULL for segmentation.default_lookback_days.")
         metrics = activity_metrics(plpy, game_id, as_of, lookback_days)
         recipe = FeatureRecipe(kind="activity", metrics=metrics, lookback_days=lookback_days)
-        row = plpy.execute(plpy.prepare(sample_threshold_sql(),
-                                        ["text", "date", "int4", "text", "int8"]),
-                           [game_id, as_of, lookback_days, str(seed), sample_size])[0]
-        n = int(row["players"])
-        # Above the sample size: the same players fetch() would draw from the whole
-        # population, chosen before the aggregation so the others' metrics are never read.
-        sample = (seed, row["threshold"]) if n > sample_size else None
-        _, invalid = stage_activity(plpy, game_id, as_of, recipe, with_invalid=True,
-                                    sample=sample)
+        expected = _last_calibrated_population(plpy, game_id)
+        if expected is not None and expected <= SMALL_POPULATION_SHARE * sample_size:
+            # Most likely below the sample size: aggregate everyone in one pass, sparing
+            # the pass that finds the players in the window.
+            n, invalid = stage_activity(plpy, game_id, as_of, recipe, with_invalid=True)
+            if n > sample_size:
+                # Grown past it: keep the players the threshold below would have drawn.
+                # Their aggregates and invalid counts do not depend on the others' rows.
+                _keep_sample(plpy, seed, sample_size)
+                _, invalid = _count_staged(plpy, recipe, with_invalid=True)
+        else:
+            row = plpy.execute(plpy.prepare(sample_threshold_sql(),
+                                            ["text", "date", "int4", "text", "int8"]),
+                               [game_id, as_of, lookback_days, str(seed), sample_size])[0]
+            n = int(row["players"])
+            # Above the sample size: the same players fetch() would draw from the whole
+            # population, chosen before the aggregation so the others' metrics are never
+            # read.
+            sample = (seed, row["threshold"]) if n > sample_size else None
+            _, invalid = stage_activity(plpy, game_id, as_of, recipe, with_invalid=True,
+                                        sample=sample)
         ids, X = fetch(plpy, recipe)
-        return Population(recipe, ids, X, n, sample is not None, invalid)
+        return Population(recipe, ids, X, n, n > sample_size, invalid)
     sampled = n > sample_size
     ids, X = fetch(plpy, recipe, limit=sample_size if sampled else None, seed=seed)
     return Population(recipe, ids, X, n, sampled, invalid)

@@ -193,7 +193,8 @@ def test_sampled_calibration_fits_a_seeded_sample_and_counts_its_rows(
         population: psycopg.Connection) -> None:
     """Above segmentation.calibration_sample_size the model is fitted on the players with
     the lowest md5(player_id || random_seed): a fixed, uniform draw. Its data-quality
-    counts cover the rows of the sampled players, like every other fitted figure."""
+    counts cover the rows of the sampled players, like every other fitted figure. The
+    same holds when the game outgrew the sample size since its last calibration."""
     conn = population
     sample = [r[0] for r in conn.execute(SAMPLE_SQL, {"as_of": AS_OF}).fetchall()]
     outside = conn.execute(
@@ -215,6 +216,14 @@ def test_sampled_calibration_fits_a_seeded_sample_and_counts_its_rows(
     # The same seed draws the same sample: a recalibration finds the same segments.
     again = calibrate(conn)
     assert [s["size"] for s in again["segments"]] == [s["size"] for s in summary["segments"]]
+    # As if the game had 100 players at its last calibration: this one aggregates every
+    # player in one pass, then keeps the same sample and counts only its rows.
+    conn.execute("UPDATE segmentation.game_behavioral_taxonomy SET population = 100,"
+                 " sampled = false WHERE game_id = 'g1'")
+    grown = calibrate(conn)
+    assert grown["population"] == summary["population"]
+    assert grown["features"]["invalid_metric_values_ignored"] == {"sessions": 1}
+    assert [s["size"] for s in grown["segments"]] == [s["size"] for s in summary["segments"]]
     # Categorization covers every player in the window, not only the sample.
     result = conn.execute("SELECT segmentation.categorize_all('g1', %s)", (AS_OF,)).fetchone()[0]
     assert result["players"] == 3000
