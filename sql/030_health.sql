@@ -47,7 +47,8 @@ BEGIN
                'players_categorized', (lr.result ->> 'players')::bigint,
                'anomalies', (lr.result ->> 'anomalies')::bigint,
                'drift_verdict', coalesce(lr.result -> 'drift' ->> 'verdict', 'unknown'),
-               'drift_reasons', lr.result -> 'drift' -> 'reasons')
+               'drift_reasons', lr.result -> 'drift' -> 'reasons',
+               'window_cache', lr.result -> 'window_cache')
                ORDER BY t.game_id), '[]'::jsonb)
       INTO taxonomies
       FROM segmentation.game_behavioral_taxonomy t

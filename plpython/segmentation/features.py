@@ -157,6 +157,33 @@ def activity_aggregate_sql(n_metrics: int, *, player_filter: bool, with_invalid:
             f" WHERE {where} GROUP BY a.player_id")
 
 
+def days_aggregate_sql(n_metrics: int, *, bits_length: int | None,
+                       players_from: str | None = None, bounds: tuple[int, int] = (2, 3)) -> str:
+    """Per-player aggregates of a game's days ``($2, $3]``, for the window cache.
+
+    Parameters: $1 game_id text, $2 after date (exclusive), $3 through date, $4 metrics
+    text[] (``bounds`` moves the two dates to other parameter numbers). Columns:
+    player_id, with ``bits_length`` L ``days`` (bit(L): bit i from the left is day
+    through - i), and ``totals`` (float8[n]: each metric's sum of valid values, the
+    same rule as :func:`activity_aggregate_sql`). ``players_from``: a table of
+    ``player_id`` (a name this package controls) to which the rows are restricted.
+    """
+    after, through = (f"${int(b)}::date" for b in bounds)
+    if not 0 < n_metrics <= MAX_METRICS:
+        raise ValueError(f"n_metrics must be in 1..{MAX_METRICS}")
+    cols = ["a.player_id"]
+    if bits_length is not None:
+        cols.append(f"bit_or(B'1'::bit({int(bits_length)}) >> ({through} - a.activity_date))"
+                    " AS days")
+    sums = ", ".join(f"coalesce(sum({_value(i)}), 0)" for i in range(1, n_metrics + 1))
+    cols.append(f"ARRAY[{sums}]::float8[] AS totals")
+    where = f"a.game_id = $1 AND a.activity_date > {after} AND a.activity_date <= {through}"
+    if players_from is not None:
+        where += f" AND a.player_id IN (SELECT player_id FROM {players_from})"
+    return (f"SELECT {', '.join(cols)} FROM segmentation.player_activity a"
+            f" WHERE {where} GROUP BY a.player_id")
+
+
 def sample_threshold_sql() -> str:
     """Players in the window, and the seeded sample's bound on ``md5(player_id || seed)``.
 

@@ -99,7 +99,7 @@ def create_temp_table(plpy: Any, name: str, columns: str) -> None:
     plpy.execute(f"CREATE TEMP TABLE {name} ({columns}) ON COMMIT DROP")
 
 
-def _drop_population_table(plpy: Any) -> None:
+def drop_population_table(plpy: Any) -> None:
     drop_temp_table(plpy, "segmentation_population")
 
 
@@ -140,7 +140,7 @@ def stage_activity(plpy: Any, game_id: str, as_of: str, recipe: FeatureRecipe,
     """
     m = len(recipe.metrics)
     n_cols = 3 + m + (m if with_invalid else 0)
-    _drop_population_table(plpy)
+    drop_population_table(plpy)
     agg = activity_aggregate_sql(m, player_filter=False, with_invalid=with_invalid,
                                  sample_filter=sample is not None)
     params: list[Any] = [game_id, as_of, recipe.lookback_days, recipe.metrics]
@@ -232,6 +232,11 @@ def stage_window(plpy: Any, game_id: str, as_of: str, recipe: FeatureRecipe) -> 
             raise InvalidFeatures("the taxonomy's feature source is no longer registered",
                                   hint="Register it again or recalibrate.")
         n = stage_source(plpy, source, recipe)
+    return require_players(game_id, as_of, n)
+
+
+def require_players(game_id: str, as_of: str, n: int) -> int:
+    """``n``, the players staged for a window; EmptyWindow if there are none."""
     if n == 0:
         raise EmptyWindow(f"game {game_id!r} has no players in the window up to {as_of}",
                           hint="Pass a later as_of.")

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 import segmentation
-from segmentation import population, taxonomy_store
+from segmentation import population, taxonomy_store, window_cache
 from segmentation.errors import (
     BatchSlotsExhausted,
     InvalidArgument,
@@ -695,7 +695,13 @@ def categorize_all(plpy: Any, GD: dict, game_id: str, as_of: str | None) -> str:
     taxonomy, recipe, doc = taxonomy_store.load(plpy, active_id)
     run_id = _start_run(plpy, "categorize_all", game_id, {"as_of": as_of, "slot": slot})
     timings: dict[str, float] = {}
-    n = population.stage_window(plpy, game_id, as_of, recipe)
+    window: dict[str, Any] | None = None
+    if recipe.kind == "activity":
+        refresh = window_cache.stage(plpy, game_id, as_of, recipe)
+        n = population.require_players(game_id, as_of, refresh.players)
+        window = refresh.to_dict()
+    else:
+        n = population.stage_window(plpy, game_id, as_of, recipe)
     population.index_population(plpy)
     timings["features"] = time.perf_counter() - t0
     _log(plpy, run_id, f"categorizing {n} players of {game_id!r} with taxonomy {active_id}")
@@ -806,6 +812,8 @@ def categorize_all(plpy: Any, GD: dict, game_id: str, as_of: str | None) -> str:
                   "sampled_players": int(sum(len(c[2]) for c in kept))},
         "timings": timings,
     }
+    if window is not None:
+        result["window_cache"] = window
     _finish_run(plpy, run_id, result, active_id)
     _log(plpy, run_id, f"categorized {done} players in {timings['total']:.2f}s")
     return taxonomy_store.dumps(result)

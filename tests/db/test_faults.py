@@ -72,7 +72,22 @@ _CHECKSUMS = {
     "transitions": ("segmentation.segment_transitions",
                     "game_id, run_id, from_taxonomy_id, from_segment_id, to_taxonomy_id,"
                     " to_segment_id"),
+    "change_log": ("segmentation.activity_changes", "game_id, activity_date, player_id"),
+    # UNLOGGED: a crash empties them (test_server_restart_mid_batch).
+    "window_cache_state": ("segmentation.window_cache_state", "game_id"),
+    "window_cache": ("segmentation.window_cache", "game_id, player_id"),
 }
+UNLOGGED = ("window_cache_state", "window_cache")
+
+
+def make_window_cache_unusable(conn: psycopg.Connection) -> None:
+    """Keep the game's window cache but make the next categorize_all rebuild it.
+
+    With a usable cache a run reads only the as_of day and ends well within the second
+    these tests wait before they strike; a rebuild aggregates the whole window, the long
+    SQL phase. The cache stays, so a failed run is seen to leave it as it was.
+    """
+    conn.execute("UPDATE segmentation.window_cache_state SET lookback_days = lookback_days + 1")
 
 
 @dataclass(frozen=True)
@@ -120,6 +135,7 @@ def populated() -> Iterator[str]:
             load_population(conn, GAME, players=PLAYERS, seed=11)
             summary = calibrate(conn, GAME)
             batch = conn.execute(CATEGORIZE_ALL, {"g": GAME, "as_of": AS_OF}).fetchone()[0]
+            make_window_cache_unusable(conn)
         figure("calibrate timings (s)", {k: round(v, 2) for k, v in summary["timings"].items()})
         figure("categorize_all timings (s)",
                {k: round(v, 2) for k, v in batch["timings"].items()})
@@ -531,8 +547,10 @@ def test_server_restart_mid_batch(own_cluster: Cluster) -> None:
         load_population(conn, GAME, players=players, seed=12)
         calibrate(conn, GAME)
         conn.execute(CATEGORIZE_ALL, {"g": GAME, "as_of": AS_OF})
+        make_window_cache_unusable(conn)
         # The second batch refreshes every row in place: a partial write would show.
         before = snapshot(conn)
+        assert before.checksums["window_cache"][0] == players
 
     run = Run(dsn, CATEGORIZE_ALL)
     with psycopg.connect(own_cluster.dsn("postgres"), autocommit=True) as admin:
@@ -552,9 +570,14 @@ def test_server_restart_mid_batch(own_cluster: Cluster) -> None:
                f"{restart_seconds:.2f} s; first connection after it {reconnect:.3f} s")
         assert "automatic recovery in progress" in own_cluster.log.read_text()
         after = snapshot(conn)
+        # Crash recovery empties the unlogged window cache; everything else is as it was.
+        for table in UNLOGGED:
+            assert after.checksums.pop(table)[0] == 0
+            before.checksums.pop(table)
         assert after == before
         result = conn.execute(CATEGORIZE_ALL, {"g": GAME, "as_of": AS_OF}).fetchone()[0]
         assert result["players"] == players and result["unchanged"] == players
+        assert result["window_cache"]["reason"] == "no cache"
         health = conn.execute("SELECT segmentation.health()").fetchone()[0]
         assert health["status"] == "healthy"
         statuses = [status for _, _, status, _ in snapshot(conn).runs]

@@ -1,0 +1,58 @@
+-- The change log behind categorize_all's window cache (plpython/segmentation/window_cache.py,
+-- tables in migration 0004): every write to player_activity notes the days it touched,
+-- and for days the game's cache already holds, the players. ENABLE ALWAYS: the log must
+-- also be kept when rows arrive by logical replication (session_replication_role =
+-- replica), or the cache would miss them.
+
+-- SECURITY DEFINER: it runs as a trigger for every role allowed to write player_activity,
+-- none of which needs (or gets) any privilege on the log or the cache. It only inserts
+-- (game, day, player) triples taken from the statement's own rows, or empties the cache
+-- after a TRUNCATE; it takes no argument and runs no dynamic SQL.
+CREATE OR REPLACE FUNCTION segmentation._log_activity_changes()
+RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF TG_OP = 'TRUNCATE' THEN
+        DELETE FROM segmentation.window_cache_state;
+        DELETE FROM segmentation.window_cache;
+        DELETE FROM segmentation.activity_changes;
+        RETURN NULL;
+    END IF;
+    -- A day after the game's cached days is read whole by the next run: noting the day
+    -- suffices. (If a run is building the cache at this moment, the day may end up
+    -- cached without this write; the note then makes the next run rebuild.)
+    IF TG_OP IN ('INSERT', 'UPDATE') THEN
+        INSERT INTO segmentation.activity_changes (game_id, activity_date, player_id)
+        SELECT DISTINCT r.game_id, r.activity_date,
+               CASE WHEN r.activity_date <= s.cached_through THEN r.player_id END
+          FROM new_rows r LEFT JOIN segmentation.window_cache_state s USING (game_id);
+    END IF;
+    IF TG_OP IN ('UPDATE', 'DELETE') THEN
+        INSERT INTO segmentation.activity_changes (game_id, activity_date, player_id)
+        SELECT DISTINCT r.game_id, r.activity_date,
+               CASE WHEN r.activity_date <= s.cached_through THEN r.player_id END
+          FROM old_rows r LEFT JOIN segmentation.window_cache_state s USING (game_id);
+    END IF;
+    RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION segmentation._log_activity_changes() IS
+    'Trigger on player_activity: logs written days (and players of cached days) for categorize_all''s window cache. SECURITY DEFINER so that writers need no privilege on the log (see sql/150_window_cache.sql).';
+
+CREATE OR REPLACE TRIGGER log_inserts AFTER INSERT ON segmentation.player_activity
+    REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION segmentation._log_activity_changes();
+CREATE OR REPLACE TRIGGER log_updates AFTER UPDATE ON segmentation.player_activity
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION segmentation._log_activity_changes();
+CREATE OR REPLACE TRIGGER log_deletes AFTER DELETE ON segmentation.player_activity
+    REFERENCING OLD TABLE AS old_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION segmentation._log_activity_changes();
+CREATE OR REPLACE TRIGGER log_truncates AFTER TRUNCATE ON segmentation.player_activity
+    FOR EACH STATEMENT EXECUTE FUNCTION segmentation._log_activity_changes();
+ALTER TABLE segmentation.player_activity ENABLE ALWAYS TRIGGER log_inserts;
+ALTER TABLE segmentation.player_activity ENABLE ALWAYS TRIGGER log_updates;
+ALTER TABLE segmentation.player_activity ENABLE ALWAYS TRIGGER log_deletes;
+ALTER TABLE segmentation.player_activity ENABLE ALWAYS TRIGGER log_truncates;
