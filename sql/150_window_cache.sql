@@ -1,8 +1,9 @@
 -- The change log behind categorize_all's window cache (plpython/segmentation/window_cache.py,
 -- tables in migration 0004): every write to player_activity notes the days it touched,
--- and for days the game's cache already holds, the players. ENABLE ALWAYS: the log must
--- also be kept when rows arrive by logical replication (session_replication_role =
--- replica), or the cache would miss them.
+-- and for the days a game's cache holds or has just let go (two cached spans back), the
+-- players. Statement triggers: one insert per writing statement. ENABLE ALWAYS, so they
+-- also fire under session_replication_role = replica. Logical replication's apply worker
+-- fires no statement triggers at all: categorize_all bypasses the cache on a subscriber.
 
 -- SECURITY DEFINER: it runs as a trigger for every role allowed to write player_activity,
 -- none of which needs (or gets) any privilege on the log or the cache. It only inserts
@@ -15,24 +16,35 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     IF TG_OP = 'TRUNCATE' THEN
-        DELETE FROM segmentation.window_cache_state;
-        DELETE FROM segmentation.window_cache;
-        DELETE FROM segmentation.activity_changes;
+        TRUNCATE segmentation.window_cache_state, segmentation.window_cache,
+                 segmentation.activity_changes;
         RETURN NULL;
     END IF;
     -- A day after the game's cached days is read whole by the next run: noting the day
     -- suffices. (If a run is building the cache at this moment, the day may end up
     -- cached without this write; the note then makes the next run rebuild.)
-    IF TG_OP IN ('INSERT', 'UPDATE') THEN
+    IF TG_OP = 'INSERT' THEN
         INSERT INTO segmentation.activity_changes (game_id, activity_date, player_id)
         SELECT DISTINCT r.game_id, r.activity_date,
-               CASE WHEN r.activity_date <= s.cached_through THEN r.player_id END
+               CASE WHEN r.activity_date <= s.cached_through
+                     AND r.activity_date > s.cached_through - 2 * (s.lookback_days - 1)
+                    THEN r.player_id END
           FROM new_rows r LEFT JOIN segmentation.window_cache_state s USING (game_id);
-    END IF;
-    IF TG_OP IN ('UPDATE', 'DELETE') THEN
+    ELSIF TG_OP = 'UPDATE' THEN
         INSERT INTO segmentation.activity_changes (game_id, activity_date, player_id)
         SELECT DISTINCT r.game_id, r.activity_date,
-               CASE WHEN r.activity_date <= s.cached_through THEN r.player_id END
+               CASE WHEN r.activity_date <= s.cached_through
+                     AND r.activity_date > s.cached_through - 2 * (s.lookback_days - 1)
+                    THEN r.player_id END
+          FROM (SELECT game_id, player_id, activity_date FROM old_rows
+                UNION ALL SELECT game_id, player_id, activity_date FROM new_rows) r
+          LEFT JOIN segmentation.window_cache_state s USING (game_id);
+    ELSE
+        INSERT INTO segmentation.activity_changes (game_id, activity_date, player_id)
+        SELECT DISTINCT r.game_id, r.activity_date,
+               CASE WHEN r.activity_date <= s.cached_through
+                     AND r.activity_date > s.cached_through - 2 * (s.lookback_days - 1)
+                    THEN r.player_id END
           FROM old_rows r LEFT JOIN segmentation.window_cache_state s USING (game_id);
     END IF;
     RETURN NULL;
@@ -56,3 +68,7 @@ ALTER TABLE segmentation.player_activity ENABLE ALWAYS TRIGGER log_inserts;
 ALTER TABLE segmentation.player_activity ENABLE ALWAYS TRIGGER log_updates;
 ALTER TABLE segmentation.player_activity ENABLE ALWAYS TRIGGER log_deletes;
 ALTER TABLE segmentation.player_activity ENABLE ALWAYS TRIGGER log_truncates;
+
+-- Writes made while the triggers were missing (between an uninstall and this install)
+-- were not logged: no cache may be trusted after an install. The next run rebuilds.
+DELETE FROM segmentation.window_cache_state;

@@ -1,15 +1,16 @@
 """Per-player window aggregates kept between categorize_all runs (a thin SPI adapter).
 
-The window of ``as_of`` A with lookback L is the days (A - L, A]. The cache of a game
-holds every player's aggregates over (A - L, A - 1] of the last run: active days as a
-bit string (bit i from the left is day ``cached_through - i``) and each metric's total.
-The as_of day is never cached: it may still be filling. A run at a later as_of A' reads
-only what changed since:
+The window of ``as_of`` A with lookback L is the L days (A - L, A]. The cache of a game
+holds every player's aggregates over the other L - 1 days, (A - L, A - 1], of its last
+run: the active days as a bit string of L - 1 bits (bit i from the left is day
+``cached_through - i``) and each metric's total. The as_of day is never cached: it may
+still be filling. A run at a later as_of A' (cached days through T = A' - 1) reads only
+what changed since the cache's C = A - 1:
 
-- the days that entered the cached part, (C, A' - 1], added;
-- the days that left the window, (C - L, A' - L], subtracted from the totals (the bit
+- the days that entered the cached span, (C, T], added;
+- the days that left it, (C - L + 1, T - L + 1], subtracted from the totals (the bit
   strings shift them out);
-- the players whose cached days were written since, recomputed from their rows
+- the players whose days were written since, recomputed from their rows
   (``segmentation.activity_changes``, filled by triggers on player_activity);
 - the as_of day itself.
 
@@ -18,7 +19,9 @@ no cache, another lookback or metric list, an as_of before the cached days or pa
 window, a written cached day whose players the trigger could not know (a write that
 raced a run), more than a quarter of the players to recompute, and once every
 lookback_days days (additions and subtractions of non-integer metrics drift by float
-rounding; this bounds it to one window's worth of operations).
+rounding; this bounds it to one window's worth of operations). A one-day window, an
+as_of outside the years 1000-9999 and a player_activity fed by logical replication
+(whose apply worker fires no statement triggers) bypass the cache.
 """
 
 from __future__ import annotations
@@ -27,13 +30,9 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
 
+from segmentation import population
 from segmentation.features import FeatureRecipe, days_aggregate_sql
-from segmentation.population import (
-    POPULATION_TABLE,
-    create_temp_table,
-    drop_population_table,
-    drop_temp_table,
-)
+from segmentation.population import POPULATION_TABLE, drop_temp_table
 
 CACHE_TABLE = "pg_temp.segmentation_window_cache"
 CHANGES_TABLE = "pg_temp.segmentation_changes"
@@ -49,7 +48,7 @@ MAX_DIRTY_SHARE = 0.25
 class Refresh:
     """How a run brought the cache up to date (reported by categorize_all)."""
 
-    mode: str  # "incremental" or "rebuilt"
+    mode: str  # "incremental", "rebuilt" or "whole window" (cache bypassed)
     reason: str
     recomputed_players: int
     players: int  # staged: players in the window
@@ -60,43 +59,65 @@ class Refresh:
 
 
 def stage(plpy: Any, game_id: str, as_of: str, recipe: FeatureRecipe) -> Refresh:
-    """Bring the game's cache to ``as_of`` and stage the window's aggregates.
+    """Stage the window's aggregates of an activity recipe, through the cache if it applies.
 
     The population table (:data:`population.POPULATION_TABLE`) gets the columns
     player_id, c1..c(3 + m): active_days, days_since_last, tenure_days and the m metric
     totals, as :func:`features.activity_aggregate_sql` computes them over the window.
     """
     lookback, metrics, m = int(recipe.lookback_days or 0), list(recipe.metrics), len(recipe.metrics)
-    a = date.fromisoformat(str(as_of))
+    kept = lookback - 1  # cached days: the window without its as_of day
+    # ISO text whatever the session's DateStyle; dates Python cannot shift by a window
+    # (infinity, BC, far years) take the whole-window path, which answers as before.
+    row = plpy.execute(plpy.prepare(
+        "SELECT to_char($1::date, 'YYYY-MM-DD') AS d,"
+        " $1::date BETWEEN '1000-01-01' AND '9999-12-31' AS ok,"
+        " EXISTS (SELECT 1 FROM pg_catalog.pg_subscription_rel"
+        "  WHERE srrelid = 'segmentation.player_activity'::pg_catalog.regclass) AS subscribed",
+        ["date"]), [as_of])[0]
+    skip = ("as_of is outside the years 1000-9999" if not row["ok"] else
+            "a one-day window has no days to cache" if kept < 1 else
+            # The apply worker of logical replication fires no statement triggers.
+            "player_activity is a logical replication target" if row["subscribed"] else None)
+    if skip is not None:
+        n = population.stage_window(plpy, game_id, as_of, recipe)
+        return Refresh("whole window", skip, 0, n)
+    a = date.fromisoformat(row["d"])
     through = a - timedelta(days=1)
     for table in _TEMP_TABLES:
         drop_temp_table(plpy, table)
-    drop_population_table(plpy)
+    population.drop_population_table(plpy)
+    # Before the state is read: a TRUNCATE in progress (which empties the cache) finishes
+    # first.
+    plpy.execute("LOCK TABLE segmentation.player_activity IN ACCESS SHARE MODE")
     # The change log is read before any activity row: a write committed later is
     # either seen by the reads below or still logged for the next run.
-    create_temp_table(plpy, "segmentation_changes", "activity_date date, player_id text")
+    population.create_temp_table(plpy, "segmentation_changes",
+                                 "activity_date date, player_id text")
     plpy.execute(plpy.prepare(
         f"WITH gone AS (DELETE FROM segmentation.activity_changes WHERE game_id = $1"
         f" RETURNING activity_date, player_id) INSERT INTO {CHANGES_TABLE} SELECT * FROM gone",
         ["text"]), [game_id])
     rows = plpy.execute(plpy.prepare(
-        "SELECT cached_through::text AS cached_through, built_through::text AS built_through,"
-        " lookback_days, metrics, players FROM segmentation.window_cache_state"
-        " WHERE game_id = $1", ["text"]), [game_id])
+        "SELECT to_char(cached_through, 'YYYY-MM-DD') AS cached_through,"
+        " to_char(built_through, 'YYYY-MM-DD') AS built_through, lookback_days, metrics,"
+        " players FROM segmentation.window_cache_state WHERE game_id = $1", ["text"]), [game_id])
     state = rows[0] if rows else None
     reason = _rebuild_reason(plpy, state, lookback, metrics, through)
     mode, n_dirty, built = "rebuilt", 0, through
     if state is not None and reason is None:
         cached = date.fromisoformat(state["cached_through"])
-        n_dirty = _mark_dirty(plpy, cached - timedelta(days=lookback), cached)
+        # Two cached spans back: a write to a day the previous run subtracted, committed
+        # while that run ran, may have been subtracted in its new form (its own snapshot).
+        n_dirty = _mark_dirty(plpy, cached - timedelta(days=2 * kept), cached)
         if n_dirty > MAX_DIRTY_SHARE * max(int(state["players"]), 1):
             reason = f"{n_dirty} players with written cached days"
         else:
-            _advance(plpy, game_id, cached, through, lookback, metrics)
+            _advance(plpy, game_id, cached, through, kept, metrics)
             mode, reason = "incremental", f"{(through - cached).days} day(s) advanced"
             built = date.fromisoformat(state["built_through"])
     if mode == "rebuilt":
-        _rebuild(plpy, game_id, through, lookback, metrics)
+        _rebuild(plpy, game_id, through, kept, metrics)
         n_dirty = 0
     plpy.execute(plpy.prepare(
         f"CREATE TEMP TABLE segmentation_fresh ON COMMIT DROP AS"
@@ -127,38 +148,44 @@ def _rebuild_reason(plpy: Any, state: dict[str, Any] | None, lookback: int,
         return "no cache"
     if int(state["lookback_days"]) != lookback or list(state["metrics"]) != metrics:
         return "the taxonomy reads another window or other metrics"
+    kept = lookback - 1
     cached = date.fromisoformat(state["cached_through"])
     if through < cached:
         return f"as_of is before the cached days (through {cached})"
-    if (through - cached).days >= lookback:
+    if (through - cached).days >= kept:
         return "the cached days have all left the window"
     if (through - date.fromisoformat(state["built_through"])).days >= lookback:
         return "periodic rebuild (once per window length)"
     unknown = plpy.execute(plpy.prepare(
         f"SELECT count(*) AS n FROM {CHANGES_TABLE} WHERE player_id IS NULL"
         f" AND activity_date > $1::date - $2 AND activity_date <= $1::date",
-        ["date", "int4"]), [cached.isoformat(), lookback])[0]["n"]
+        ["date", "int4"]), [cached.isoformat(), kept])[0]["n"]
     if unknown:
         return "cached days were written while a run was building the cache"
     return None
 
 
 def _mark_dirty(plpy: Any, after: date, through: date) -> int:
-    """Collect the players whose cached days (after, through] were written; their count."""
-    return plpy.execute(plpy.prepare(
+    """Collect the players whose days (after, through] were written; their count."""
+    n = plpy.execute(plpy.prepare(
         f"CREATE TEMP TABLE segmentation_dirty ON COMMIT DROP AS"
         f" SELECT DISTINCT player_id FROM {CHANGES_TABLE} WHERE player_id IS NOT NULL"
         f" AND activity_date > $1::date AND activity_date <= $2::date",
         ["date", "date"]), [after.isoformat(), through.isoformat()]).nrows()
+    # With statistics the recomputation below probes the primary key per player instead
+    # of scanning the window.
+    plpy.execute(f"ANALYZE {DIRTY_TABLE}")
+    return n
 
 
-def _advance(plpy: Any, game_id: str, cached: date, through: date, lookback: int,
+def _advance(plpy: Any, game_id: str, cached: date, through: date, kept: int,
              metrics: list[str]) -> None:
-    """The cache at ``through`` from the one at ``cached``: days in, days out, dirty players."""
+    """The cache of ``kept`` days through ``through`` from the one through ``cached``:
+    days in, days out, then the dirty players recomputed."""
     m = len(metrics)
     shift = (through - cached).days
-    zero = f"B'0'::bit({lookback})"
-    added = days_aggregate_sql(m, bits_length=lookback)
+    zero = f"B'0'::bit({kept})"
+    added = days_aggregate_sql(m, bits_length=kept)
     expired = days_aggregate_sql(m, bits_length=None, bounds=(5, 6))
     totals = ", ".join(
         f"coalesce(o.totals[{i}], 0) + coalesce(a.totals[{i}], 0) - coalesce(s.totals[{i}], 0)"
@@ -168,7 +195,7 @@ def _advance(plpy: Any, game_id: str, cached: date, through: date, lookback: int
     plpy.execute(plpy.prepare(
         f"CREATE TEMP TABLE segmentation_window_cache ON COMMIT DROP AS"
         f" SELECT * FROM (SELECT player_id,"
-        f" coalesce(o.days::bit({lookback}) >> {shift}, {zero}) | coalesce(a.days, {zero})"
+        f" coalesce(o.days::bit({kept}) >> {shift}, {zero}) | coalesce(a.days, {zero})"
         f" AS days, ARRAY[{totals}]::float8[] AS totals"
         f" FROM (SELECT c.player_id, c.days, c.totals FROM segmentation.window_cache c"
         f"  WHERE c.game_id = $1 AND NOT EXISTS"
@@ -179,24 +206,24 @@ def _advance(plpy: Any, game_id: str, cached: date, through: date, lookback: int
         f" (SELECT 1 FROM {DIRTY_TABLE} d WHERE d.player_id = n.player_id)",
         ["text", "date", "date", "text[]", "date", "date"]),
         [game_id, cached.isoformat(), through.isoformat(), metrics,
-         (cached - timedelta(days=lookback)).isoformat(),
-         (through - timedelta(days=lookback)).isoformat()])
+         (cached - timedelta(days=kept)).isoformat(),
+         (through - timedelta(days=kept)).isoformat()])
     plpy.execute(plpy.prepare(
         f"INSERT INTO {CACHE_TABLE}"
-        f" {days_aggregate_sql(m, bits_length=lookback, players_from=DIRTY_TABLE)}",
+        f" {days_aggregate_sql(m, bits_length=kept, players_from=DIRTY_TABLE)}",
         ["text", "date", "date", "text[]"]),
-        [game_id, (through - timedelta(days=lookback)).isoformat(), through.isoformat(),
+        [game_id, (through - timedelta(days=kept)).isoformat(), through.isoformat(),
          metrics])
 
 
-def _rebuild(plpy: Any, game_id: str, through: date, lookback: int,
+def _rebuild(plpy: Any, game_id: str, through: date, kept: int,
              metrics: list[str]) -> None:
     # CREATE TABLE AS: the aggregation may run with parallel workers (not so INSERT).
     plpy.execute(plpy.prepare(
         f"CREATE TEMP TABLE segmentation_window_cache ON COMMIT DROP AS"
-        f" {days_aggregate_sql(len(metrics), bits_length=lookback)}",
+        f" {days_aggregate_sql(len(metrics), bits_length=kept)}",
         ["text", "date", "date", "text[]"]),
-        [game_id, (through - timedelta(days=lookback)).isoformat(), through.isoformat(),
+        [game_id, (through - timedelta(days=kept)).isoformat(), through.isoformat(),
          metrics])
 
 

@@ -1,7 +1,9 @@
 """categorize_all's window cache: incremental runs give what a whole-window run gives.
 
-Each test compares a run served by the cache with a run that aggregates the whole window
-again (the cache state deleted first), on the players' stored axis scores and segments.
+The oracle is categorize_player(game, player, as_of), which aggregates one player's
+window from the activity rows: after every cached run, each stored current row must be
+its answer (segment, primary degree, anomaly score), for exactly the players active in
+the window.
 """
 
 from __future__ import annotations
@@ -16,37 +18,43 @@ from tests.db.helpers import AS_OF, calibrate, load_population
 
 pytestmark = pytest.mark.db
 
+LOOKBACK = 30
+
 
 @pytest.fixture
 def calibrated(conn: psycopg.Connection) -> psycopg.Connection:
     load_population(conn, "g1", players=1500, seed=11)
-    # A 30-day window inside 90 days of activity: each later run has days leaving it.
-    calibrate(conn, lookback_days=30)
+    # A 30-day window inside 90 days of activity: every window has days just outside it,
+    # and each later run has days leaving it.
+    calibrate(conn, lookback_days=LOOKBACK)
     return conn
 
 
 def categorize(conn: psycopg.Connection, as_of: date) -> dict[str, Any]:
-    return conn.execute("SELECT segmentation.categorize_all('g1', %s)", (as_of,)).fetchone()[0]
+    result = conn.execute("SELECT segmentation.categorize_all('g1', %s)", (as_of,)).fetchone()[0]
+    assert_matches_single_calls(conn, as_of, result["players"])
+    return result
 
 
-def current(conn: psycopg.Connection) -> dict[str, tuple[int, list[float], float]]:
-    return {r[0]: (r[1], r[2], r[3]) for r in conn.execute(
-        "SELECT player_id, segment_id, axis_scores, anomaly_score"
-        " FROM segmentation.player_segment_memberships WHERE game_id = 'g1' AND valid_to IS NULL")}
-
-
-def assert_same_as_whole_window(conn: psycopg.Connection, as_of: date) -> None:
-    """The current rows equal those of a run that ignores the cache."""
-    cached = current(conn)
-    conn.execute("DELETE FROM segmentation.window_cache_state WHERE game_id = 'g1'")
-    result = categorize(conn, as_of)
-    assert result["window_cache"]["reason"] == "no cache"
-    whole = current(conn)
-    assert cached.keys() == whole.keys()
-    for player, (segment, axes, anomaly) in whole.items():
-        assert cached[player][0] == segment, player
-        assert cached[player][1] == pytest.approx(axes, rel=1e-9, abs=1e-9), player
-        assert cached[player][2] == pytest.approx(anomaly, rel=1e-9, abs=1e-9), player
+def assert_matches_single_calls(conn: psycopg.Connection, as_of: date, players: int) -> None:
+    window = [r[0] for r in conn.execute(
+        "SELECT DISTINCT player_id FROM segmentation.player_activity WHERE game_id = 'g1'"
+        " AND activity_date > %s::date - %s AND activity_date <= %s",
+        (as_of, LOOKBACK, as_of))]
+    assert players == len(window)
+    rows = conn.execute(
+        "SELECT p.player_id, c.segment_id, c.membership, c.anomaly_score, m.segment_id,"
+        " m.membership, m.anomaly_score, m.as_of FROM unnest(%s::text[]) p(player_id)"
+        " CROSS JOIN LATERAL segmentation.categorize_player('g1', p.player_id, %s) c"
+        " JOIN segmentation.player_segment_memberships m ON m.game_id = 'g1'"
+        " AND m.player_id = p.player_id AND m.valid_to IS NULL", (window, as_of)).fetchall()
+    assert len(rows) == len(window)
+    for player, segment, degree, anomaly, stored_segment, stored_degree, stored_anomaly, \
+            stored_as_of in rows:
+        assert stored_as_of == as_of, player
+        assert stored_segment == segment, player
+        assert stored_degree == pytest.approx(degree, rel=1e-9, abs=1e-9), player
+        assert stored_anomaly == pytest.approx(anomaly, rel=1e-9, abs=1e-9), player
 
 
 def test_later_runs_read_only_the_changes_and_match_a_whole_window_run(
@@ -83,12 +91,21 @@ def test_later_runs_read_only_the_changes_and_match_a_whole_window_run(
     health = conn.execute("SELECT segmentation.health()").fetchone()[0]
     assert health["components"]["taxonomies"]["active"][0]["window_cache"] == \
         later["window_cache"]
-    assert {"late", "fresh"} <= current(conn).keys()
-    assert_same_as_whole_window(conn, AS_OF)
-    # The same as_of again: nothing changed, nothing to recompute.
+    # The same as_of again, under another DateStyle: nothing changed, nothing recomputed.
+    conn.execute("SET DateStyle = 'SQL, DMY'")
     again = categorize(conn, AS_OF)
     assert again["window_cache"]["reason"] == "0 day(s) advanced"
-    assert_same_as_whole_window(conn, AS_OF)
+    # A write to a day the last run subtracted, as if it had committed during that run.
+    conn.execute("RESET DateStyle")
+    conn.execute("INSERT INTO segmentation.player_activity VALUES ('g1', 'gone', %s,"
+                 " '{\"sessions\": 9}')", (AS_OF - timedelta(days=LOOKBACK + 2),))
+    assert categorize(conn, AS_OF)["window_cache"]["recomputed_players"] == 1
+    conn.execute("DELETE FROM segmentation.window_cache_state")
+    assert categorize(conn, AS_OF)["window_cache"]["reason"] == "no cache"
+    # An as_of the cache cannot shift by a window answers as before (an empty window).
+    with pytest.raises(psycopg.Error) as err:
+        conn.execute("SELECT segmentation.categorize_all('g1', 'infinity')")
+    assert err.value.sqlstate == "SG002"
 
 
 def test_a_write_that_races_a_run_makes_the_next_run_rebuild(
@@ -114,7 +131,6 @@ def test_a_write_that_races_a_run_makes_the_next_run_rebuild(
     assert nxt["window_cache"] == {
         "mode": "rebuilt", "reason": "cached days were written while a run was building"
         " the cache", "recomputed_players": 0}
-    assert_same_as_whole_window(conn, AS_OF)
 
 
 def test_many_changed_players_or_a_truncate_rebuild(calibrated: psycopg.Connection) -> None:
@@ -159,6 +175,7 @@ def test_a_writer_without_privileges_on_the_log_still_writes_activity(
         conn.execute(f"DROP ROLE {role}")
     assert sorted(conn.execute("SELECT activity_date, player_id FROM"
                                " segmentation.activity_changes").fetchall()) == [
-        (AS_OF - timedelta(days=95), "p0000001"), (AS_OF - timedelta(days=3), "x")]
-    # Day -95 is outside the cached window: only "x" is recomputed.
+        (AS_OF - timedelta(days=95), None), (AS_OF - timedelta(days=3), "x")]
+    # Day -95 is far before the cached days (only the day is noted): only "x" is
+    # recomputed.
     assert categorize(conn, AS_OF)["window_cache"]["recomputed_players"] == 1
