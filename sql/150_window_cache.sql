@@ -72,3 +72,10 @@ ALTER TABLE segmentation.player_activity ENABLE ALWAYS TRIGGER log_truncates;
 -- Writes made while the triggers were missing (between an uninstall and this install)
 -- were not logged: no cache may be trusted after an install. The next run rebuilds.
 DELETE FROM segmentation.window_cache_state;
+
+-- Column comments that describe what this file and window_cache.py do (the migration's
+-- first wording predates them).
+COMMENT ON COLUMN segmentation.window_cache.days IS
+    'Active days, lookback_days - 1 bits: bit i (from the left, 0-based) is cached_through - i.';
+COMMENT ON COLUMN segmentation.activity_changes.player_id IS
+    'Player whose written day the game''s cache held or had just let go (within two cached spans before cached_through); NULL otherwise.';
