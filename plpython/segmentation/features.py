@@ -163,7 +163,7 @@ def days_aggregate_sql(n_metrics: int, *, bits_length: int | None,
 
     Parameters: $1 game_id text, $2 after date (exclusive), $3 through date, $4 metrics
     text[] (``bounds`` moves the two dates to other parameter numbers). Columns:
-    player_id, with ``bits_length`` L ``days`` (bit(L): bit i from the left is day
+    player_id, with ``bits_length`` k ``days`` (bit(k): bit i from the left is day
     through - i), and ``totals`` (float8[n]: each metric's sum of valid values, the
     same rule as :func:`activity_aggregate_sql`). ``players_from``: a table of
     ``player_id`` (a name this package controls) to which the rows are restricted.
