@@ -124,6 +124,18 @@ def _store_day_by_day(dsn: str) -> float:
     return time.perf_counter() - t0
 
 
+def _batch_row(n: int, run: str, batch: dict[str, Any], seconds: float, memory: str,
+               client: dict[str, Any]) -> str:
+    """A categorize_all row beside the client pipeline on the same window."""
+    return (f"| {n:,} | {run} | {seconds:.1f} s | {_parts(batch['timings'])} | {memory}"
+            f" | {client['total_s']:.1f} s (copy out {client['copy_out_s']:.1f}, score"
+            f" {client['score_s']:.1f}, copy back {client['copy_back_s']:.1f})"
+            f" | {_ratio(client['total_s'], seconds)}"
+            f" | {client['total_full_s']:.1f} s (score {client['score_full_s']:.1f},"
+            f" copy back {client['copy_back_full_s']:.1f})"
+            f" | {_ratio(client['total_full_s'], seconds)} |")
+
+
 def _ingest_next_day(dsn: str, game: str) -> tuple[int, float]:
     """Append day NEXT_DAY (a copy of the rows a week before it); (rows, seconds).
 
@@ -254,14 +266,7 @@ def main() -> int:
             batch, batch_s, batch_mem = _timed_call(
                 dsn, "SELECT segmentation.categorize_all(%s, %s)", (game, AS_OF))
             client = client_pipeline.run(dsn, game, AS_OF.isoformat())
-            rows_batch.append(
-                f"| {n:,} | first | {batch_s:.1f} s | {_parts(batch['timings'])}"
-                f" | {batch_mem} | {client['total_s']:.1f} s (copy out"
-                f" {client['copy_out_s']:.1f}, score {client['score_s']:.1f}, copy back"
-                f" {client['copy_back_s']:.1f}) | {_ratio(client['total_s'], batch_s)}"
-                f" | {client['total_full_s']:.1f} s (score {client['score_full_s']:.1f},"
-                f" copy back {client['copy_back_full_s']:.1f})"
-                f" | {_ratio(client['total_full_s'], batch_s)} |")
+            rows_batch.append(_batch_row(n, "first", batch, batch_s, batch_mem, client))
             # What a nightly job pays from then on: every current row refreshed in place.
             again, again_s, again_mem = _timed_call(
                 dsn, "SELECT segmentation.categorize_all(%s, %s)", (game, AS_OF))
@@ -276,14 +281,9 @@ def main() -> int:
             nightly, nightly_s, nightly_mem = _timed_call(
                 dsn, "SELECT segmentation.categorize_all(%s, %s)", (game, NEXT_DAY))
             client = client_pipeline.run(dsn, game, NEXT_DAY.isoformat())
-            rows_batch.append(
-                f"| {n:,} | next day ({nightly['window_cache']['mode']}) | {nightly_s:.1f} s"
-                f" | {_parts(nightly['timings'])} | {nightly_mem} | {client['total_s']:.1f} s"
-                f" (copy out {client['copy_out_s']:.1f}, score {client['score_s']:.1f}, copy"
-                f" back {client['copy_back_s']:.1f}) | {_ratio(client['total_s'], nightly_s)}"
-                f" | {client['total_full_s']:.1f} s (score {client['score_full_s']:.1f},"
-                f" copy back {client['copy_back_full_s']:.1f})"
-                f" | {_ratio(client['total_full_s'], nightly_s)} |")
+            rows_batch.append(_batch_row(
+                n, f"next day ({nightly['window_cache']['mode']})", nightly, nightly_s,
+                nightly_mem, client))
         if n != largest:
             with psycopg.connect(dsn, autocommit=True) as conn:
                 conn.execute("DELETE FROM segmentation.player_activity WHERE game_id = %s",

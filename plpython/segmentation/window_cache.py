@@ -216,23 +216,24 @@ def _advance(plpy: Any, game_id: str, cached: date, through: date, kept: int,
         [game_id, cached.isoformat(), through.isoformat(), metrics,
          (cached - timedelta(days=kept)).isoformat(),
          (through - timedelta(days=kept)).isoformat()])
-    plpy.execute(plpy.prepare(
-        f"INSERT INTO {CACHE_TABLE}"
-        f" {days_aggregate_sql(m, bits_length=kept, players_from=DIRTY_TABLE)}",
-        ["text", "date", "date", "text[]"]),
-        [game_id, (through - timedelta(days=kept)).isoformat(), through.isoformat(),
-         metrics])
+    _aggregate_cached_span(plpy, f"INSERT INTO {CACHE_TABLE}", game_id, through, kept,
+                           metrics, players_from=DIRTY_TABLE)
 
 
 def _rebuild(plpy: Any, game_id: str, through: date, kept: int,
              metrics: list[str]) -> None:
     # CREATE TABLE AS: the aggregation may run with parallel workers (not so INSERT).
+    _aggregate_cached_span(plpy, "CREATE TEMP TABLE segmentation_window_cache ON COMMIT DROP AS",
+                           game_id, through, kept, metrics)
+
+
+def _aggregate_cached_span(plpy: Any, into: str, game_id: str, through: date, kept: int,
+                           metrics: list[str], players_from: str | None = None) -> None:
+    """``into`` (an INSERT or CREATE TABLE AS prefix) the ``kept`` days through ``through``."""
     plpy.execute(plpy.prepare(
-        f"CREATE TEMP TABLE segmentation_window_cache ON COMMIT DROP AS"
-        f" {days_aggregate_sql(len(metrics), bits_length=kept)}",
+        f"{into} {days_aggregate_sql(len(metrics), bits_length=kept, players_from=players_from)}",
         ["text", "date", "date", "text[]"]),
-        [game_id, (through - timedelta(days=kept)).isoformat(), through.isoformat(),
-         metrics])
+        [game_id, (through - timedelta(days=kept)).isoformat(), through.isoformat(), metrics])
 
 
 def _save(plpy: Any, game_id: str, through: date, lookback: int, metrics: list[str],
