@@ -667,6 +667,18 @@ def categorize_player(plpy: Any, GD: dict, game_id: str, player_id: str | None,
 BATCH_CHUNK = 50_000
 
 
+def _stage_window(plpy: Any, game_id: str, as_of: str, recipe: FeatureRecipe
+                  ) -> tuple[int, dict[str, Any] | None]:
+    """Stage the window's features (activity windows through the window cache).
+
+    Returns the players staged and, for an activity recipe, what the cache did.
+    """
+    if recipe.kind != "activity":
+        return population.stage_window(plpy, game_id, as_of, recipe), None
+    refresh = window_cache.stage(plpy, game_id, as_of, recipe)
+    return population.require_players(game_id, as_of, refresh.players), refresh.to_dict()
+
+
 def _acquire_batch_slot(plpy: Any, game_id: str, max_slots: int) -> int:
     plpy.execute(plpy.prepare("SELECT pg_advisory_xact_lock($1, hashtext($2))", ["int4", "text"]),
                  [BATCH_GAME_LOCK, game_id])
@@ -695,13 +707,7 @@ def categorize_all(plpy: Any, GD: dict, game_id: str, as_of: str | None) -> str:
     taxonomy, recipe, doc = taxonomy_store.load(plpy, active_id)
     run_id = _start_run(plpy, "categorize_all", game_id, {"as_of": as_of, "slot": slot})
     timings: dict[str, float] = {}
-    window: dict[str, Any] | None = None
-    if recipe.kind == "activity":
-        refresh = window_cache.stage(plpy, game_id, as_of, recipe)
-        n = population.require_players(game_id, as_of, refresh.players)
-        window = refresh.to_dict()
-    else:
-        n = population.stage_window(plpy, game_id, as_of, recipe)
+    n, window = _stage_window(plpy, game_id, as_of, recipe)
     population.index_population(plpy)
     timings["features"] = time.perf_counter() - t0
     _log(plpy, run_id, f"categorizing {n} players of {game_id!r} with taxonomy {active_id}")
@@ -832,7 +838,7 @@ def detect_anomalies(plpy: Any, GD: dict, game_id: str, as_of: str | None,
         raise InvalidArgument("as_of must not be NULL", hint="Omit it for current_date.")
     entry = cached_taxonomy(plpy, GD, game_id)
     tax, recipe = entry.taxonomy, entry.recipe
-    population.stage_window(plpy, game_id, as_of, recipe)
+    _stage_window(plpy, game_id, as_of, recipe)
     population.index_population(plpy)
     threshold = 1.0 if min_score is None else float(min_score)
     if threshold != threshold:  # NaN compares false with every score: it would list nobody
@@ -870,7 +876,7 @@ def taxonomy_drift(plpy: Any, GD: dict, game_id: str, as_of: str | None) -> str:
     entry = cached_taxonomy(plpy, GD, game_id)
     tax, recipe = entry.taxonomy, entry.recipe
     reference = taxonomy_store.load_document(plpy, entry.taxonomy_id)["drift_reference"]
-    n = population.stage_window(plpy, game_id, as_of, recipe)
+    n, _ = _stage_window(plpy, game_id, as_of, recipe)
     cap = int(settings["calibration_sample_size"])
     ids, X = population.fetch(plpy, recipe, limit=cap if n > cap else None,
                               seed=int(settings["random_seed"]))

@@ -15,13 +15,14 @@ what changed since the cache's C = A - 1:
 - the as_of day itself.
 
 The cache is rebuilt whole when it cannot be trusted or would cost more than a rebuild:
-no cache, another lookback or metric list, an as_of before the cached days or past the
-window, a written cached day whose players the trigger could not know (a write that
+no cache, another lookback or metric list, an as_of a window past the cached days, a
+written cached day whose players the trigger could not know (a write that
 raced a run), more than a quarter of the players to recompute, and once every
 lookback_days days (additions and subtractions of non-integer metrics drift by float
 rounding; this bounds it to one window's worth of operations). A one-day window, an
-as_of outside the years 1000-9999 and a player_activity fed by logical replication
-(whose apply worker fires no statement triggers) bypass the cache.
+as_of before the cached days or outside the years 1000-9999, and a player_activity fed by
+logical replication (whose apply worker fires no statement triggers) bypass the cache and
+leave it as it is.
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ _TEMP_TABLES = ("segmentation_window_cache", "segmentation_changes", "segmentati
                 "segmentation_fresh")
 # Above this share of the cached players to recompute one by one, a rebuild is cheaper.
 MAX_DIRTY_SHARE = 0.25
+# Advisory lock namespace (beside sql_api's 7_301_00x): one user of a game's cache at a
+# time (categorize_all, detect_anomalies, taxonomy_drift).
+CACHE_LOCK = 7_301_004
 
 
 @dataclass(frozen=True)
@@ -92,9 +96,21 @@ def stage(plpy: Any, game_id: str, as_of: str, recipe: FeatureRecipe) -> Refresh
     for table in _TEMP_TABLES:
         drop_temp_table(plpy, table)
     population.drop_population_table(plpy)
+    plpy.execute(plpy.prepare("SELECT pg_advisory_xact_lock($1, hashtext($2))",
+                              ["int4", "text"]), [CACHE_LOCK, game_id])
     # Before the state is read: a TRUNCATE in progress (which empties the cache) finishes
     # first.
     plpy.execute("LOCK TABLE segmentation.player_activity IN ACCESS SHARE MODE")
+    rows = plpy.execute(plpy.prepare(
+        "SELECT to_char(cached_through, 'YYYY-MM-DD') AS cached_through,"
+        " to_char(built_through, 'YYYY-MM-DD') AS built_through, lookback_days, metrics,"
+        " players FROM segmentation.window_cache_state WHERE game_id = $1", ["text"]), [game_id])
+    state = rows[0] if rows else None
+    if state is not None and through < date.fromisoformat(state["cached_through"]):
+        # A look back in time (say taxonomy_drift of last month) leaves the cache, and
+        # its log, to the nightly run.
+        n = population.stage_window(plpy, game_id, as_of, recipe)
+        return Refresh("whole window", "as_of is before the cached days", 0, n)
     # The change log is read before any activity row: a write committed later is
     # either seen by the reads below or still logged for the next run.
     population.create_temp_table(plpy, "segmentation_changes",
@@ -103,11 +119,6 @@ def stage(plpy: Any, game_id: str, as_of: str, recipe: FeatureRecipe) -> Refresh
         f"WITH gone AS (DELETE FROM segmentation.activity_changes WHERE game_id = $1"
         f" RETURNING activity_date, player_id) INSERT INTO {CHANGES_TABLE} SELECT * FROM gone",
         ["text"]), [game_id])
-    rows = plpy.execute(plpy.prepare(
-        "SELECT to_char(cached_through, 'YYYY-MM-DD') AS cached_through,"
-        " to_char(built_through, 'YYYY-MM-DD') AS built_through, lookback_days, metrics,"
-        " players FROM segmentation.window_cache_state WHERE game_id = $1", ["text"]), [game_id])
-    state = rows[0] if rows else None
     reason = _rebuild_reason(plpy, state, lookback, metrics, through)
     mode, n_dirty, built = "rebuilt", 0, through
     if state is not None and reason is None:
@@ -155,8 +166,6 @@ def _rebuild_reason(plpy: Any, state: dict[str, Any] | None, lookback: int,
         return "the taxonomy reads another window or other metrics"
     kept = lookback - 1
     cached = date.fromisoformat(state["cached_through"])
-    if through < cached:
-        return f"as_of is before the cached days (through {cached})"
     if (through - cached).days >= kept:
         return "the cached days have all left the window"
     if (through - date.fromisoformat(state["built_through"])).days >= lookback:

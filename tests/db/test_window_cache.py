@@ -91,6 +91,17 @@ def test_later_runs_read_only_the_changes_and_match_a_whole_window_run(
     health = conn.execute("SELECT segmentation.health()").fetchone()[0]
     assert health["components"]["taxonomies"]["active"][0]["window_cache"] == \
         later["window_cache"]
+    # detect_anomalies reads the window through the cache as well: the players the run
+    # stored with an anomaly score of at least 1, with the same scores.
+    found = dict(conn.execute("SELECT player_id, anomaly_score FROM"
+                              " segmentation.detect_anomalies('g1', %s)", (AS_OF,)).fetchall())
+    stored = dict(conn.execute(
+        "SELECT player_id, anomaly_score FROM segmentation.player_segment_memberships"
+        " WHERE game_id = 'g1' AND valid_to IS NULL AND anomaly_score >= 1").fetchall())
+    assert found and found.keys() == stored.keys()
+    assert all(found[p] == pytest.approx(stored[p], rel=1e-9) for p in found)
+    assert conn.execute("SELECT segmentation.taxonomy_drift('g1', %s)", (AS_OF,)
+                        ).fetchone()[0]["verdict"]
     # The same as_of again, under another DateStyle: nothing changed, nothing recomputed.
     conn.execute("SET DateStyle = 'SQL, DMY'")
     again = categorize(conn, AS_OF)
@@ -102,6 +113,11 @@ def test_later_runs_read_only_the_changes_and_match_a_whole_window_run(
     assert categorize(conn, AS_OF)["window_cache"]["recomputed_players"] == 1
     conn.execute("DELETE FROM segmentation.window_cache_state")
     assert categorize(conn, AS_OF)["window_cache"]["reason"] == "no cache"
+    # A look back in time reads the whole window and leaves the cache to the next run.
+    past = categorize(conn, AS_OF - timedelta(days=10))
+    assert past["window_cache"] == {"mode": "whole window", "recomputed_players": 0,
+                                    "reason": "as_of is before the cached days"}
+    assert categorize(conn, AS_OF)["window_cache"]["reason"] == "0 day(s) advanced"
     # An as_of the cache cannot shift by a window answers as before (an empty window).
     with pytest.raises(psycopg.Error) as err:
         conn.execute("SELECT segmentation.categorize_all('g1', 'infinity')")
