@@ -1,0 +1,66 @@
+"""Fixed-point hand-off of float rows: what SQL decodes is what Python held."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from segmentation import fixed_point
+
+
+def decoded(ints: np.ndarray, exponents: np.ndarray | int) -> np.ndarray:
+    """What the SQL of fixed_point.row_sql computes: int8::float8 * 2.0 ^ (e - BITS)."""
+    e = np.asarray(exponents, dtype=np.float64)
+    scale = 2.0 ** ((e[:, None] if e.ndim else e) - fixed_point.BITS)
+    return ints.astype(np.float64) * scale
+
+
+def test_rows_come_back_bit_for_bit_at_float8_precision() -> None:
+    rng = np.random.default_rng(3)
+    rows = rng.normal(size=(2000, 4)) * 10.0 ** rng.integers(-280, 300, size=(2000, 1))
+    rows[0] = 0.0
+    rows[1] = [-1.7e308, 1.0, -2.0, 3.0]
+    e = fixed_point.row_exponents(rows)
+    ints = fixed_point.encode(rows, e)
+    assert ints.dtype == np.int64
+    back = decoded(ints, e)
+    # Each row's peak keeps 62 bits: exact; the rest within peak * 2**-62.
+    peak = np.abs(rows).max(axis=1)
+    assert (np.abs(back).max(axis=1) == peak).all()
+    assert (np.abs(back - rows) <= peak[:, None] * 2.0**-62).all()
+    close = np.abs(rows) >= peak[:, None] * 2.0**-9
+    assert (back[close] == rows[close]).all()
+
+
+def test_degrees_with_the_fixed_exponent() -> None:
+    rng = np.random.default_rng(4)
+    degrees = rng.dirichlet(np.full(7, 0.2), size=1000)
+    degrees[0] = [1.0, 0, 0, 0, 0, 0, 0]
+    back = decoded(fixed_point.encode(degrees, 1), 1)
+    assert (np.abs(back - degrees) <= 2.0**-62).all()
+    assert back[0, 0] == 1.0
+    assert (back[degrees >= 2.0**-9] == degrees[degrees >= 2.0**-9]).all()
+
+
+def test_tiny_rows_keep_a_normal_scale() -> None:
+    rows = np.array([[5e-324, 1e-300], [0.0, 0.0]])
+    e = fixed_point.row_exponents(rows)
+    assert e.min() >= fixed_point.MIN_EXPONENT
+    assert np.isfinite(2.0 ** (e.astype(float) - fixed_point.BITS)).all()
+    assert decoded(fixed_point.encode(rows, e), e)[0, 1] == pytest.approx(1e-300, rel=1e-15)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_values_are_refused(bad: float) -> None:
+    with pytest.raises(ValueError, match="finite"):
+        fixed_point.row_exponents(np.array([[1.0, bad]]))
+
+
+def test_values_beyond_the_fixed_exponent_are_refused() -> None:
+    with pytest.raises(ValueError, match="below 2"):
+        fixed_point.encode(np.array([[2.5]]), 1)
+
+
+def test_row_sql_names_each_value() -> None:
+    sql = fixed_point.row_sql("$4", "(u.i - 1) * 3 + 1", 3, fixed_point.scale_sql("u.e"))
+    assert sql.count("$4[(u.i - 1) * 3 + 1 + ") == 3
+    assert "(2.0::float8 ^ (u.e - 62))" in sql
