@@ -7,6 +7,7 @@ PL/Python row dictionaries. Player ids come as one text[] array.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -243,39 +244,66 @@ def require_players(game_id: str, as_of: str, n: int) -> int:
     return n
 
 
-def fetch(plpy: Any, recipe: FeatureRecipe, *, limit: int | None = None, seed: int = 0,
-          after: str | None = None) -> tuple[list[str], np.ndarray]:
-    """Player ids and raw features (n, p) from the staged population table, by player id.
+def fetch(plpy: Any, recipe: FeatureRecipe, *, limit: int | None = None,
+          seed: int = 0) -> tuple[list[str], np.ndarray]:
+    """Player ids and raw features (n, p) from the staged population table.
 
-    ``limit`` alone: a uniform pseudo-random sample (a seeded hash of the player
-    id orders the rows). ``limit`` with ``after``: the next chunk of players with
-    ids above ``after`` (keyset pagination; pass "" for the first chunk).
+    ``limit``: a uniform pseudo-random sample (a seeded hash of the player id orders
+    the rows); otherwise every player, by player id.
     """
-    n_stored = (3 + len(recipe.metrics)) if recipe.kind == "activity" else len(recipe.columns)
-    stored = [f"c{i}" for i in range(1, n_stored + 1)]
+    inner = f"SELECT * FROM {POPULATION_TABLE}"
     params: list[Any] = []
     types: list[str] = []
-    inner = f"SELECT * FROM {POPULATION_TABLE}"
-    if limit is not None and after is None:
+    if limit is not None:
         inner += " ORDER BY md5(player_id || $1::text) LIMIT $2"
         params, types = [str(seed), limit], ["text", "int8"]
-    elif limit is not None:
-        inner += " WHERE player_id > $1 ORDER BY player_id LIMIT $2"
-        params, types = [after, limit], ["text", "int8"]
-    query = (f"SELECT array_agg(player_id ORDER BY player_id) AS ids,"
-             f" string_agg({packed_columns_sql(stored)}, ''::bytea ORDER BY player_id) AS data"
-             f" FROM ({inner}) s")
+    query = _packed_rows_sql(recipe, inner, "ORDER BY player_id")
     row = (plpy.execute(plpy.prepare(query, types), params) if types else plpy.execute(query))[0]
+    return _unpacked(recipe, row)
+
+
+def chunks(plpy: Any, recipe: FeatureRecipe, rows: int, players: int
+           ) -> Iterator[tuple[list[str], np.ndarray]]:
+    """The staged population (``players`` rows) in chunks of about ``rows`` players.
+
+    Each chunk is a range of the table's blocks, read by a TID range scan: sequential
+    reads and no index, where pages by player id (an index scan per chunk) read the
+    table in random order, several times slower once it outgrows temp_buffers. The
+    order of players is the table's.
+    """
+    blocks = int(plpy.execute(
+        f"SELECT pg_relation_size('{POPULATION_TABLE}')"
+        " / current_setting('block_size')::int AS b")[0]["b"])
+    step = max(1, -(-blocks * rows // max(players, 1)))
+    plan = plpy.prepare(_packed_rows_sql(
+        recipe, f"SELECT * FROM {POPULATION_TABLE} WHERE ctid >= format('(%s,0)', $1)::tid"
+                " AND ctid < format('(%s,0)', $2)::tid", ""), ["int8", "int8"])
+    for first in range(0, blocks, step):
+        ids, X = _unpacked(recipe, plpy.execute(plan, [first, first + step])[0])
+        if ids:
+            yield ids, X
+
+
+def _packed_rows_sql(recipe: FeatureRecipe, rows: str, order: str) -> str:
+    """One row: ``ids`` (text[]) and ``data`` (bytea, see packed_columns_sql) of ``rows``.
+
+    Both aggregates read the rows in one order (``order``, or the scan's if empty).
+    """
+    return (f"SELECT array_agg(player_id {order}) AS ids,"
+            f" string_agg({packed_columns_sql(_stored_columns(recipe))}, ''::bytea {order})"
+            f" AS data FROM ({rows}) s")
+
+
+def _stored_columns(recipe: FeatureRecipe) -> list[str]:
+    n_stored = (3 + len(recipe.metrics)) if recipe.kind == "activity" else len(recipe.columns)
+    return [f"c{i}" for i in range(1, n_stored + 1)]
+
+
+def _unpacked(recipe: FeatureRecipe, row: dict[str, Any]) -> tuple[list[str], np.ndarray]:
     ids = list(row["ids"] or [])
-    data = unpack(row["data"], len(stored))
+    data = unpack(row["data"], len(_stored_columns(recipe)))
     X = features_from_aggregates(data) if recipe.kind == "activity" else data
     return ids, X
-
-
-def index_population(plpy: Any) -> None:
-    """Index the staged table by player id for chunked reads."""
-    plpy.execute(f"CREATE INDEX ON {POPULATION_TABLE} (player_id)")
-    plpy.execute(f"ANALYZE {POPULATION_TABLE}")
 
 
 def load_for_calibration(plpy: Any, game_id: str, as_of: str, lookback_days: int,

@@ -708,7 +708,6 @@ def categorize_all(plpy: Any, GD: dict, game_id: str, as_of: str | None) -> str:
     run_id = _start_run(plpy, "categorize_all", game_id, {"as_of": as_of, "slot": slot})
     timings: dict[str, float] = {}
     n, window = _stage_window(plpy, game_id, as_of, recipe)
-    population.index_population(plpy)
     timings["features"] = time.perf_counter() - t0
     _log(plpy, run_id, f"categorizing {n} players of {game_id!r} with taxonomy {active_id}")
 
@@ -735,7 +734,7 @@ def categorize_all(plpy: Any, GD: dict, game_id: str, as_of: str | None) -> str:
         " OFFSET 0) u",
         ["text[]", "int4[]", "int4[]", "int8[]", "int8[]", "int8[]", "bool[]", "int4[]",
          "int4[]"])
-    after, done, anomalies, t_score, t_write = "", 0, 0, 0.0, 0.0
+    done, anomalies, t_score, t_write = 0, 0, 0.0, 0.0
     counts = np.zeros(k, dtype=np.int64)
     names = recipe.feature_names
     # A uniform sample of the scored players (bounded by the calibration sample size)
@@ -743,10 +742,7 @@ def categorize_all(plpy: Any, GD: dict, game_id: str, as_of: str | None) -> str:
     rng = np.random.default_rng(int(settings["random_seed"]))
     keep_share = min(1.0, settings["calibration_sample_size"] / n)
     kept: list[tuple[np.ndarray, ...]] = []
-    while True:
-        ids, X = population.fetch(plpy, recipe, limit=BATCH_CHUNK, after=after)
-        if not ids:
-            break
+    for ids, X in population.chunks(plpy, recipe, BATCH_CHUNK, n):
         t1 = time.perf_counter()
         s = taxonomy.score(X, names)
         counts += np.bincount(s.primary, minlength=k)
@@ -768,7 +764,6 @@ def categorize_all(plpy: Any, GD: dict, game_id: str, as_of: str | None) -> str:
         t_write += time.perf_counter() - t2
         t_score += t2 - t1
         done += len(ids)
-        after = ids[-1]
         if n > BATCH_CHUNK:
             plpy.notice(f"segmentation run {run_id}: categorized {done}/{n} players")
     timings["score"] = t_score
@@ -851,18 +846,13 @@ def detect_anomalies(plpy: Any, GD: dict, game_id: str, as_of: str | None,
         raise InvalidArgument("as_of must not be NULL", hint="Omit it for current_date.")
     entry = cached_taxonomy(plpy, GD, game_id)
     tax, recipe = entry.taxonomy, entry.recipe
-    _stage_window(plpy, game_id, as_of, recipe)
-    population.index_population(plpy)
+    n, _ = _stage_window(plpy, game_id, as_of, recipe)
     threshold = 1.0 if min_score is None else float(min_score)
     if threshold != threshold:  # NaN compares false with every score: it would list nobody
         raise InvalidArgument("min_score must not be NaN",
                               hint="Omit it for the calibrated threshold 1.")
     found: list[dict[str, Any]] = []
-    after = ""
-    while True:
-        ids, X = population.fetch(plpy, recipe, limit=BATCH_CHUNK, after=after)
-        if not ids:
-            break
+    for ids, X in population.chunks(plpy, recipe, BATCH_CHUNK, n):
         s = tax.score(X, recipe.feature_names)
         for i in np.flatnonzero(s.anomaly.score >= threshold):
             kind = str(s.anomaly.kind[i])
@@ -875,8 +865,7 @@ def detect_anomalies(plpy: Any, GD: dict, game_id: str, as_of: str | None,
                     anomaly=tax.anomaly, segment=int(s.primary[i]))),
                 "nearest_segment": tax.segment_names[int(s.primary[i])],
             })
-        after = ids[-1]
-    found.sort(key=lambda r: -r["anomaly_score"])
+    found.sort(key=lambda r: (-r["anomaly_score"], r["player_id"]))
     return found
 
 

@@ -38,9 +38,7 @@ from segmentation.population import POPULATION_TABLE, drop_temp_table
 CACHE_TABLE = "pg_temp.segmentation_window_cache"
 CHANGES_TABLE = "pg_temp.segmentation_changes"
 DIRTY_TABLE = "pg_temp.segmentation_dirty"
-FRESH_TABLE = "pg_temp.segmentation_fresh"
-_TEMP_TABLES = ("segmentation_window_cache", "segmentation_changes", "segmentation_dirty",
-                "segmentation_fresh")
+_TEMP_TABLES = ("segmentation_window_cache", "segmentation_changes", "segmentation_dirty")
 # Above this share of the cached players to recompute one by one, a rebuild is cheaper.
 MAX_DIRTY_SHARE = 0.25
 # Advisory lock namespace (beside sql_api's 7_301_00x): one user of a game's cache at a
@@ -67,9 +65,10 @@ def stage(plpy: Any, game_id: str, as_of: str, recipe: FeatureRecipe) -> Refresh
 
     The population table (:data:`population.POPULATION_TABLE`) gets the columns
     player_id, c1..c(3 + m): active_days, days_since_last, tenure_days and the m metric
-    totals, as :func:`features.activity_aggregate_sql` computes them over the window.
+    totals, as :func:`features.activity_aggregate_sql` computes them over the window
+    (and, for the cache, ``days`` and ``totals`` of the cached days).
     """
-    lookback, metrics, m = int(recipe.lookback_days or 0), list(recipe.metrics), len(recipe.metrics)
+    lookback, metrics = int(recipe.lookback_days or 0), list(recipe.metrics)
     kept = lookback - 1  # cached days: the window without its as_of day
     # ISO text whatever the session's DateStyle; dates Python cannot shift by a window
     # (infinity, BC, far years) take the whole-window path, which answers as before.
@@ -129,32 +128,13 @@ def stage(plpy: Any, game_id: str, as_of: str, recipe: FeatureRecipe) -> Refresh
         if n_dirty > MAX_DIRTY_SHARE * max(int(state["players"]), 1):
             reason = f"{n_dirty} players with written cached days"
         else:
-            _advance(plpy, game_id, cached, through, kept, metrics)
+            n = _advance(plpy, game_id, cached, through, a, kept, metrics)
             mode, reason = "incremental", f"{(through - cached).days} day(s) advanced"
             built = date.fromisoformat(state["built_through"])
     if mode == "rebuilt":
-        _rebuild(plpy, game_id, through, kept, metrics)
+        n = _rebuild(plpy, game_id, through, a, kept, metrics)
         n_dirty = 0
-    plpy.execute(plpy.prepare(
-        f"CREATE TEMP TABLE segmentation_fresh ON COMMIT DROP AS"
-        f" {days_aggregate_sql(m, bits_length=None)}",
-        ["text", "date", "date", "text[]"]), [game_id, through.isoformat(), a.isoformat(),
-                                              metrics])
     _save(plpy, game_id, through, lookback, metrics, built)
-    totals = ", ".join(f"coalesce(c.totals[{i}], 0) + coalesce(f.totals[{i}], 0) AS c{3 + i}"
-                       for i in range(1, m + 1))
-    # Same columns as the whole-window aggregate: active days, days since the last active
-    # day and tenure (as_of minus the first active day, plus one), from the bit strings.
-    n = plpy.execute(
-        f"CREATE TEMP TABLE {POPULATION_TABLE.removeprefix('pg_temp.')} ON COMMIT DROP AS"
-        " SELECT player_id,"
-        " (coalesce(bit_count(c.days), 0) + (f.player_id IS NOT NULL)::int)::float8 AS c1,"
-        " (CASE WHEN f.player_id IS NOT NULL THEN 0"
-        "  ELSE position(B'1' IN c.days) END)::float8 AS c2,"
-        " (CASE WHEN c.player_id IS NULL THEN 1"
-        "  ELSE length(rtrim(c.days::text, '0')) + 1 END)::float8 AS c3,"
-        f" {totals}"
-        f" FROM {CACHE_TABLE} c FULL JOIN {FRESH_TABLE} f USING (player_id)").nrows()
     return Refresh(mode, str(reason), n_dirty, n)
 
 
@@ -195,63 +175,116 @@ def _mark_dirty(plpy: Any, after: date, through: date) -> int:
     return n
 
 
-def _advance(plpy: Any, game_id: str, cached: date, through: date, kept: int,
-             metrics: list[str]) -> None:
-    """The cache of ``kept`` days through ``through`` from the one through ``cached``:
-    days in, days out, then the dirty players recomputed."""
+def _population_sql(m: int, merged: str) -> str:
+    """SELECT of the population table's rows from ``merged``.
+
+    ``merged`` is a FROM item with player_id, ``days`` (bit(kept): the new cached
+    days), ``totals`` (float8[m]: their totals) and ``fresh`` (float8[m]: the as_of
+    day's totals, NULL if the player was not active that day). Columns: player_id,
+    c1..c(3 + m) as the whole-window aggregate has them (active days, days since the
+    last active day, tenure: as_of minus the first active day, plus one; the metric
+    totals), then days and totals for the cache. A player active on no day is left out.
+    """
+    totals = ", ".join(f"n.totals[{i}] + coalesce(n.fresh[{i}], 0) AS c{3 + i}"
+                       for i in range(1, m + 1))
+    return (
+        "SELECT n.player_id,"
+        " (bit_count(n.days) + (n.fresh IS NOT NULL)::int)::float8 AS c1,"
+        " (CASE WHEN n.fresh IS NOT NULL THEN 0 ELSE position(B'1' IN n.days) END)::float8"
+        " AS c2,"
+        " (CASE WHEN bit_count(n.days) = 0 THEN 1"
+        "  ELSE length(rtrim(n.days::text, '0')) + 1 END)::float8 AS c3,"
+        f" {totals}, n.days, n.totals"
+        # OFFSET 0: each row's days and totals are computed once, not once per use.
+        f" FROM ({merged} OFFSET 0) n WHERE bit_count(n.days) > 0 OR n.fresh IS NOT NULL")
+
+
+def _advance(plpy: Any, game_id: str, cached: date, through: date, as_of: date, kept: int,
+             metrics: list[str]) -> int:
+    """The population table, with the cache of ``kept`` days through ``through``, from
+    the cache through ``cached``: days in, days out, the as_of day, then the dirty
+    players recomputed. Returns the players staged.
+
+    The days that entered, the days that left and the as_of day are joined to each
+    other first (each is one day's players, for a nightly run), so that the game's
+    cached players are joined once.
+    """
     m = len(metrics)
     shift = (through - cached).days
     zero = f"B'0'::bit({kept})"
     added = days_aggregate_sql(m, bits_length=kept)
     expired = days_aggregate_sql(m, bits_length=None, bounds=(5, 6))
+    fresh = days_aggregate_sql(m, bits_length=None, bounds=(3, 7))
     totals = ", ".join(
-        f"coalesce(o.totals[{i}], 0) + coalesce(a.totals[{i}], 0) - coalesce(s.totals[{i}], 0)"
+        f"coalesce(o.totals[{i}], 0) + coalesce(d.added[{i}], 0) - coalesce(d.expired[{i}], 0)"
         for i in range(1, m + 1))
     # A player with expired rows is in the old cache unless marked dirty: a later write
     # to those days was logged (or forced a rebuild).
-    plpy.execute(plpy.prepare(
-        f"CREATE TEMP TABLE segmentation_window_cache ON COMMIT DROP AS"
-        f" SELECT * FROM (SELECT player_id,"
-        f" coalesce(o.days::bit({kept}) >> {shift}, {zero}) | coalesce(a.days, {zero})"
-        f" AS days, ARRAY[{totals}]::float8[] AS totals"
+    merged = (
+        f"SELECT player_id,"
+        f" coalesce(o.days::bit({kept}) >> {shift}, {zero}) | coalesce(d.days, {zero}) AS days,"
+        f" ARRAY[{totals}]::float8[] AS totals, d.fresh"
         f" FROM (SELECT c.player_id, c.days, c.totals FROM segmentation.window_cache c"
-        f"  WHERE c.game_id = $1 AND NOT EXISTS"
-        f"  (SELECT 1 FROM {DIRTY_TABLE} d WHERE d.player_id = c.player_id)) o"
-        f" LEFT JOIN ({expired}) s USING (player_id)"
-        f" FULL JOIN ({added}) a USING (player_id)) n"
-        f" WHERE bit_count(n.days) > 0 AND NOT EXISTS"
-        f" (SELECT 1 FROM {DIRTY_TABLE} d WHERE d.player_id = n.player_id)",
-        ["text", "date", "date", "text[]", "date", "date"]),
-        [game_id, cached.isoformat(), through.isoformat(), metrics,
-         (cached - timedelta(days=kept)).isoformat(),
-         (through - timedelta(days=kept)).isoformat()])
-    _aggregate_cached_span(plpy, f"INSERT INTO {CACHE_TABLE}", game_id, through, kept,
-                           metrics, players_from=DIRTY_TABLE)
+        f"  WHERE c.game_id = $1) o"
+        f" FULL JOIN (SELECT player_id, a.days, a.totals AS added, s.totals AS expired,"
+        f"  f.totals AS fresh FROM ({added}) a FULL JOIN ({expired}) s USING (player_id)"
+        f"  FULL JOIN ({fresh}) f USING (player_id)) d USING (player_id)"
+        f" WHERE NOT EXISTS (SELECT 1 FROM {DIRTY_TABLE} x"
+        f"  WHERE x.player_id = coalesce(o.player_id, d.player_id))")
+    params = ["text", "date", "date", "text[]", "date", "date", "date"]
+    args = [game_id, cached.isoformat(), through.isoformat(), metrics,
+            (cached - timedelta(days=kept)).isoformat(),
+            (through - timedelta(days=kept)).isoformat(), as_of.isoformat()]
+    n = plpy.execute(plpy.prepare(
+        f"CREATE TEMP TABLE {POPULATION_TABLE.removeprefix('pg_temp.')} ON COMMIT DROP AS"
+        f" {_population_sql(m, merged)}", params), args).nrows()
+    # The dirty players, from their rows.
+    span = days_aggregate_sql(m, bits_length=kept, players_from=DIRTY_TABLE)
+    fresh = days_aggregate_sql(m, bits_length=None, players_from=DIRTY_TABLE, bounds=(3, 5))
+    return n + plpy.execute(plpy.prepare(
+        f"INSERT INTO {POPULATION_TABLE}"
+        f" {_population_sql(m, _with_fresh(span, fresh, m, kept))}",
+        ["text", "date", "date", "text[]", "date"]),
+        [game_id, (through - timedelta(days=kept)).isoformat(), through.isoformat(), metrics,
+         as_of.isoformat()]).nrows()
 
 
-def _rebuild(plpy: Any, game_id: str, through: date, kept: int,
-             metrics: list[str]) -> None:
-    # CREATE TABLE AS: the aggregation may run with parallel workers (not so INSERT).
-    _aggregate_cached_span(plpy, "CREATE TEMP TABLE segmentation_window_cache ON COMMIT DROP AS",
-                           game_id, through, kept, metrics)
+def _with_fresh(span: str, fresh: str, m: int, kept: int) -> str:
+    """``span`` (cached days) joined with ``fresh`` (the as_of day) for _population_sql."""
+    return (f"SELECT player_id, coalesce(c.days, B'0'::bit({kept})) AS days,"
+            f" coalesce(c.totals, array_fill(0::float8, ARRAY[{m}])) AS totals,"
+            f" f.totals AS fresh FROM ({span}) c FULL JOIN ({fresh}) f USING (player_id)")
 
 
-def _aggregate_cached_span(plpy: Any, into: str, game_id: str, through: date, kept: int,
-                           metrics: list[str], players_from: str | None = None) -> None:
-    """``into`` (an INSERT or CREATE TABLE AS prefix) the ``kept`` days through ``through``."""
+def _rebuild(plpy: Any, game_id: str, through: date, as_of: date, kept: int,
+             metrics: list[str]) -> int:
+    """The population table, with the cache of ``kept`` days through ``through``, from
+    the rows; the players staged."""
+    m = len(metrics)
+    # The cached days first, as CREATE TABLE AS: their aggregation may run with
+    # parallel workers (not so an INSERT).
     plpy.execute(plpy.prepare(
-        f"{into} {days_aggregate_sql(len(metrics), bits_length=kept, players_from=players_from)}",
-        ["text", "date", "date", "text[]"]),
+        f"CREATE TEMP TABLE {CACHE_TABLE.removeprefix('pg_temp.')} ON COMMIT DROP AS"
+        f" {days_aggregate_sql(m, bits_length=kept)}", ["text", "date", "date", "text[]"]),
         [game_id, (through - timedelta(days=kept)).isoformat(), through.isoformat(), metrics])
+    fresh = days_aggregate_sql(m, bits_length=None, bounds=(3, 5))
+    merged = _with_fresh(f"SELECT * FROM {CACHE_TABLE}", fresh, m, kept)
+    return plpy.execute(plpy.prepare(
+        f"CREATE TEMP TABLE {POPULATION_TABLE.removeprefix('pg_temp.')} ON COMMIT DROP AS"
+        f" {_population_sql(m, merged)}", ["text", "date", "date", "text[]", "date"]),
+        [game_id, (through - timedelta(days=kept)).isoformat(), through.isoformat(), metrics,
+         as_of.isoformat()]).nrows()
 
 
 def _save(plpy: Any, game_id: str, through: date, lookback: int, metrics: list[str],
           built: date) -> None:
+    """Replace the game's cache by the cached days of the population table."""
     plpy.execute(plpy.prepare("DELETE FROM segmentation.window_cache WHERE game_id = $1",
                               ["text"]), [game_id])
     n = plpy.execute(plpy.prepare(
         f"INSERT INTO segmentation.window_cache (game_id, player_id, days, totals)"
-        f" SELECT $1, player_id, days, totals FROM {CACHE_TABLE}", ["text"]), [game_id]).nrows()
+        f" SELECT $1, player_id, days, totals FROM {POPULATION_TABLE}"
+        f" WHERE bit_count(days) > 0", ["text"]), [game_id]).nrows()
     plpy.execute(plpy.prepare(
         "INSERT INTO segmentation.window_cache_state (game_id, cached_through, built_through,"
         " lookback_days, metrics, players) VALUES ($1, $2, $3, $4, $5, $6)"

@@ -258,3 +258,30 @@ def test_rerun_refreshes_current_rows_without_index_writes(
         assert hot1 - hot0 >= 0.95 * 2500, (hot1 - hot0)
     # Old versions are pruned by the next run: the table does not grow.
     assert conn.execute(f"SELECT pg_relation_size({table})").fetchone()[0] == size
+
+
+def test_small_chunks_score_every_player_once(calibrated: psycopg.Connection) -> None:
+    """Chunks are block ranges of the staged table: together they hold each player once."""
+    conn = calibrated
+    whole = conn.execute("SELECT segmentation.categorize_all('g1', %s)", (AS_OF,)).fetchone()[0]
+    stored = dict(conn.execute("SELECT player_id, memberships FROM"
+                               " segmentation.player_segment_memberships WHERE valid_to IS NULL"
+                               ).fetchall())
+    anomalies = conn.execute("SELECT player_id, anomaly_score FROM"
+                             " segmentation.detect_anomalies('g1', %s)", (AS_OF,)).fetchall()
+    # The backend's module is shared by all its PL/Python code, so a DO block can shrink
+    # the chunk size of the functions called next in this session.
+    conn.execute("DO $$\nimport segmentation.sql_api\nsegmentation.sql_api.BATCH_CHUNK = 97\n$$"
+                 " LANGUAGE plpython3u")
+    notices: list[str] = []
+    conn.add_notice_handler(lambda d: notices.append(d.message_primary or ""))
+    again = conn.execute("SELECT segmentation.categorize_all('g1', %s)", (AS_OF,)).fetchone()[0]
+    assert sum("categorized" in m for m in notices) > 20  # many chunks
+    assert again["players"] == whole["players"] == 2500
+    assert again["unchanged"] == 2500 and again["segments"] == whole["segments"]
+    rows = conn.execute("SELECT player_id, memberships FROM"
+                        " segmentation.player_segment_memberships WHERE valid_to IS NULL"
+                        " AND run_id = %s", (again["run_id"],)).fetchall()
+    assert dict(rows) == stored and len(rows) == 2500
+    assert conn.execute("SELECT player_id, anomaly_score FROM segmentation.detect_anomalies("
+                        "'g1', %s)", (AS_OF,)).fetchall() == anomalies
