@@ -38,7 +38,9 @@ from segmentation.population import POPULATION_TABLE, drop_temp_table
 CACHE_TABLE = "pg_temp.segmentation_window_cache"
 CHANGES_TABLE = "pg_temp.segmentation_changes"
 DIRTY_TABLE = "pg_temp.segmentation_dirty"
-_TEMP_TABLES = ("segmentation_window_cache", "segmentation_changes", "segmentation_dirty")
+DELTA_TABLE = "pg_temp.segmentation_delta"
+_TEMP_TABLES = ("segmentation_window_cache", "segmentation_changes", "segmentation_dirty",
+                "segmentation_delta")
 # Above this share of the cached players to recompute one by one, a rebuild is cheaper.
 MAX_DIRTY_SHARE = 0.25
 # Advisory lock namespace (beside sql_api's 7_301_00x): one user of a game's cache at a
@@ -175,7 +177,7 @@ def _mark_dirty(plpy: Any, after: date, through: date) -> int:
     return n
 
 
-def _population_sql(m: int, merged: str) -> str:
+def _population_sql(m: int, merged: str, *, by_player: bool = False) -> str:
     """SELECT of the population table's rows from ``merged``.
 
     ``merged`` is a FROM item with player_id, ``days`` (bit(kept): the new cached
@@ -184,6 +186,7 @@ def _population_sql(m: int, merged: str) -> str:
     c1..c(3 + m) as the whole-window aggregate has them (active days, days since the
     last active day, tenure: as_of minus the first active day, plus one; the metric
     totals), then days and totals for the cache. A player active on no day is left out.
+    ``by_player``: stored in player id order.
     """
     totals = ", ".join(f"n.totals[{i}] + coalesce(n.fresh[{i}], 0) AS c{3 + i}"
                        for i in range(1, m + 1))
@@ -196,7 +199,8 @@ def _population_sql(m: int, merged: str) -> str:
         "  ELSE length(rtrim(n.days::text, '0')) + 1 END)::float8 AS c3,"
         f" {totals}, n.days, n.totals"
         # OFFSET 0: each row's days and totals are computed once, not once per use.
-        f" FROM ({merged} OFFSET 0) n WHERE bit_count(n.days) > 0 OR n.fresh IS NOT NULL")
+        f" FROM ({merged} OFFSET 0) n WHERE bit_count(n.days) > 0 OR n.fresh IS NOT NULL"
+        + (" ORDER BY n.player_id" if by_player else ""))
 
 
 def _advance(plpy: Any, game_id: str, cached: date, through: date, as_of: date, kept: int,
@@ -218,6 +222,20 @@ def _advance(plpy: Any, game_id: str, cached: date, through: date, as_of: date, 
     totals = ", ".join(
         f"coalesce(o.totals[{i}], 0) + coalesce(d.added[{i}], 0) - coalesce(d.expired[{i}], 0)"
         for i in range(1, m + 1))
+    params = ["text", "date", "date", "text[]", "date", "date", "date"]
+    args = [game_id, cached.isoformat(), through.isoformat(), metrics,
+            (cached - timedelta(days=kept)).isoformat(),
+            (through - timedelta(days=kept)).isoformat(), as_of.isoformat()]
+    plpy.execute(plpy.prepare(
+        f"CREATE TEMP TABLE {DELTA_TABLE.removeprefix('pg_temp.')} ON COMMIT DROP AS"
+        f" SELECT player_id, a.days, a.totals AS added, s.totals AS expired,"
+        f" f.totals AS fresh FROM ({added}) a FULL JOIN ({expired}) s USING (player_id)"
+        f" FULL JOIN ({fresh}) f USING (player_id)", params), args)
+    # With its true size (the planner's guess for a FULL JOIN of aggregates is off by
+    # orders of magnitude), the join below hashes the delta and reads the cached players
+    # in their stored order: the population, the batch and its history write then
+    # follow the order of the game's current rows (see _rebuild).
+    plpy.execute(f"ANALYZE {DELTA_TABLE}")
     # A player with expired rows is in the old cache unless marked dirty: a later write
     # to those days was logged (or forced a rebuild).
     merged = (
@@ -225,16 +243,9 @@ def _advance(plpy: Any, game_id: str, cached: date, through: date, as_of: date, 
         f" coalesce(o.days::bit({kept}) >> {shift}, {zero}) | coalesce(d.days, {zero}) AS days,"
         f" ARRAY[{totals}]::float8[] AS totals, d.fresh"
         f" FROM (SELECT c.player_id, c.days, c.totals FROM segmentation.window_cache c"
-        f"  WHERE c.game_id = $1) o"
-        f" FULL JOIN (SELECT player_id, a.days, a.totals AS added, s.totals AS expired,"
-        f"  f.totals AS fresh FROM ({added}) a FULL JOIN ({expired}) s USING (player_id)"
-        f"  FULL JOIN ({fresh}) f USING (player_id)) d USING (player_id)"
+        f"  WHERE c.game_id = $1) o FULL JOIN {DELTA_TABLE} d USING (player_id)"
         f" WHERE NOT EXISTS (SELECT 1 FROM {DIRTY_TABLE} x"
         f"  WHERE x.player_id = coalesce(o.player_id, d.player_id))")
-    params = ["text", "date", "date", "text[]", "date", "date", "date"]
-    args = [game_id, cached.isoformat(), through.isoformat(), metrics,
-            (cached - timedelta(days=kept)).isoformat(),
-            (through - timedelta(days=kept)).isoformat(), as_of.isoformat()]
     n = plpy.execute(plpy.prepare(
         f"CREATE TEMP TABLE {POPULATION_TABLE.removeprefix('pg_temp.')} ON COMMIT DROP AS"
         f" {_population_sql(m, merged)}", params), args).nrows()
@@ -269,9 +280,12 @@ def _rebuild(plpy: Any, game_id: str, through: date, as_of: date, kept: int,
         [game_id, (through - timedelta(days=kept)).isoformat(), through.isoformat(), metrics])
     fresh = days_aggregate_sql(m, bits_length=None, bounds=(3, 5))
     merged = _with_fresh(f"SELECT * FROM {CACHE_TABLE}", fresh, m, kept)
+    # In player id order, which the cache keeps (see _advance) and a game's first batch
+    # gives its current rows: later runs then update those rows in their stored order.
     return plpy.execute(plpy.prepare(
         f"CREATE TEMP TABLE {POPULATION_TABLE.removeprefix('pg_temp.')} ON COMMIT DROP AS"
-        f" {_population_sql(m, merged)}", ["text", "date", "date", "text[]", "date"]),
+        f" {_population_sql(m, merged, by_player=True)}",
+        ["text", "date", "date", "text[]", "date"]),
         [game_id, (through - timedelta(days=kept)).isoformat(), through.isoformat(), metrics,
          as_of.isoformat()]).nrows()
 
