@@ -6,10 +6,13 @@ largest part of categorize_all at 1M players. An int8 goes about three times fas
 So a row of floats travels as integers, ``rint(x * 2**(BITS - e))``, with one exponent
 ``e`` per row (``max|x| < 2**e``); SQL multiplies each back by ``2**(e - BITS)``.
 
-Precision: the row's largest magnitude keeps BITS (62) significant bits, more than a
-float8 holds, so it and every value within a factor ``2**9`` of it come back bit for
-bit; a smaller value is off by at most ``max|x| * 2**-62``. Both conversions in SQL
-are exact (each integer came from a float8, and the scale is a power of two).
+Precision: with its own exponent, the row's largest magnitude keeps BITS (62)
+significant bits, more than a float8 holds, so it and every value within a factor
+``2**9`` of it come back bit for bit; a smaller value is off by at most
+``max|x| * 2**-62``. With a fixed exponent e the error is at most ``2**(e - 63)``
+absolute (for degrees, e = 1: values below ``2**-63`` come back as 0). Both
+conversions in SQL are exact (each integer came from a float8, and the scale is a
+power of two). -0.0 comes back as 0.0.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ import functools
 import json
 import sys
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -738,16 +739,19 @@ def categorize_all(plpy: Any, GD: dict, game_id: str, as_of: str | None) -> str:
     counts = np.zeros(k, dtype=np.int64)
     names = recipe.feature_names
     # A uniform sample of the scored players (bounded by the calibration sample size)
-    # gives the drift verdict of the run without a second pass over the window.
-    rng = np.random.default_rng(int(settings["random_seed"]))
-    keep_share = min(1.0, settings["calibration_sample_size"] / n)
+    # gives the drift verdict of the run without a second pass over the window. A seeded
+    # hash of the player id draws it: chunks come in the staged table's storage order,
+    # which may differ between runs over the same data.
+    seed = int(settings["random_seed"]) & 0xFFFFFFFF
+    keep_below = min(1.0, settings["calibration_sample_size"] / n) * 2.0**32
     kept: list[tuple[np.ndarray, ...]] = []
     for ids, X in population.chunks(plpy, recipe, BATCH_CHUNK, n):
         t1 = time.perf_counter()
         s = taxonomy.score(X, names)
         counts += np.bincount(s.primary, minlength=k)
         anomalies += int(s.anomaly.is_anomaly.sum())
-        keep = rng.random(len(ids)) < keep_share
+        keep = np.fromiter((zlib.crc32(p.encode(), seed) for p in ids), dtype=np.uint32,
+                           count=len(ids)) < keep_below
         kept.append((s.prepared[keep], s.axis_scores[keep], s.segment_id[keep],
                      s.anomaly.is_anomaly[keep]))
         t2 = time.perf_counter()

@@ -188,8 +188,10 @@ def _population_sql(m: int, merged: str, *, by_player: bool = False) -> str:
     totals), then days and totals for the cache. A player active on no day is left out.
     ``by_player``: stored in player id order.
     """
-    totals = ", ".join(f"n.totals[{i}] + coalesce(n.fresh[{i}], 0) AS c{3 + i}"
-                       for i in range(1, m + 1))
+    # A player whose cached days all left the window counts the as_of day alone, not
+    # the rounding left over from subtracting them.
+    totals = ", ".join(f"(CASE WHEN bit_count(n.days) = 0 THEN 0 ELSE n.totals[{i}] END"
+                       f" + coalesce(n.fresh[{i}], 0)) AS c{3 + i}" for i in range(1, m + 1))
     return (
         "SELECT n.player_id,"
         " (bit_count(n.days) + (n.fresh IS NOT NULL)::int)::float8 AS c1,"
@@ -219,8 +221,10 @@ def _advance(plpy: Any, game_id: str, cached: date, through: date, as_of: date, 
     added = days_aggregate_sql(m, bits_length=kept)
     expired = days_aggregate_sql(m, bits_length=None, bounds=(5, 6))
     fresh = days_aggregate_sql(m, bits_length=None, bounds=(3, 7))
+    # Only a cached player has days to subtract (a player with expired rows is cached
+    # unless dirty, and dirty players are recomputed below).
     totals = ", ".join(
-        f"coalesce(o.totals[{i}], 0) + coalesce(d.added[{i}], 0) - coalesce(d.expired[{i}], 0)"
+        f"coalesce(o.totals[{i}] - coalesce(d.expired[{i}], 0), 0) + coalesce(d.added[{i}], 0)"
         for i in range(1, m + 1))
     params = ["text", "date", "date", "text[]", "date", "date", "date"]
     args = [game_id, cached.isoformat(), through.isoformat(), metrics,
@@ -232,9 +236,10 @@ def _advance(plpy: Any, game_id: str, cached: date, through: date, as_of: date, 
         f" f.totals AS fresh FROM ({added}) a FULL JOIN ({expired}) s USING (player_id)"
         f" FULL JOIN ({fresh}) f USING (player_id)", params), args)
     # With its true size (the planner's guess for a FULL JOIN of aggregates is off by
-    # orders of magnitude), the join below hashes the delta and reads the cached players
-    # in their stored order: the population, the batch and its history write then
-    # follow the order of the game's current rows (see _rebuild).
+    # orders of magnitude) the join below can hash the delta and read the cached players
+    # in their stored order; the population, the batch and its history write then
+    # mostly follow the order of the game's current rows (see _rebuild). Only speed
+    # depends on it.
     plpy.execute(f"ANALYZE {DELTA_TABLE}")
     # A player with expired rows is in the old cache unless marked dirty: a later write
     # to those days was logged (or forced a rebuild).
@@ -280,8 +285,9 @@ def _rebuild(plpy: Any, game_id: str, through: date, as_of: date, kept: int,
         [game_id, (through - timedelta(days=kept)).isoformat(), through.isoformat(), metrics])
     fresh = days_aggregate_sql(m, bits_length=None, bounds=(3, 5))
     merged = _with_fresh(f"SELECT * FROM {CACHE_TABLE}", fresh, m, kept)
-    # In player id order, which the cache keeps (see _advance) and a game's first batch
-    # gives its current rows: later runs then update those rows in their stored order.
+    # In player id order, which the cache then mostly keeps (see _advance) and a game's
+    # first batch gives its current rows: later runs update those rows in about their
+    # stored order (only speed depends on it).
     return plpy.execute(plpy.prepare(
         f"CREATE TEMP TABLE {POPULATION_TABLE.removeprefix('pg_temp.')} ON COMMIT DROP AS"
         f" {_population_sql(m, merged, by_player=True)}",

@@ -279,6 +279,7 @@ def test_small_chunks_score_every_player_once(calibrated: psycopg.Connection) ->
     assert sum("categorized" in m for m in notices) > 20  # many chunks
     assert again["players"] == whole["players"] == 2500
     assert again["unchanged"] == 2500 and again["segments"] == whole["segments"]
+    assert again["drift"] == whole["drift"]
     rows = conn.execute("SELECT player_id, memberships FROM"
                         " segmentation.player_segment_memberships WHERE valid_to IS NULL"
                         " AND run_id = %s", (again["run_id"],)).fetchall()
