@@ -775,16 +775,22 @@ def categorize_all(plpy: Any, GD: dict, game_id: str, as_of: str | None) -> str:
     t3 = time.perf_counter()
     params = ["text", "int8", "date", "int8"]
     args = [game_id, active_id, as_of, run_id]
-    # The closed rows are kept for the transition counts below.
-    population.create_temp_table(plpy, "segmentation_closed",
+    # One pass over the batch and the current rows finds the players who move (to
+    # another segment or taxonomy, with where they come from) and the new ones (no
+    # current row: NULL from). Closing and inserting then touch only those players.
+    population.create_temp_table(plpy, "segmentation_moves",
                                  "player_id text, taxonomy_id int8, segment_id int4")
+    plpy.execute(plpy.prepare(
+        "INSERT INTO pg_temp.segmentation_moves SELECT b.player_id, m.taxonomy_id, m.segment_id"
+        " FROM pg_temp.segmentation_batch b LEFT JOIN segmentation.player_segment_memberships m"
+        " ON m.game_id = $1 AND m.player_id = b.player_id AND m.valid_to IS NULL"
+        " WHERE m.player_id IS NULL OR m.taxonomy_id <> $2 OR m.segment_id <> b.segment_id",
+        ["text", "int8"]), [game_id, active_id])
+    plpy.execute("ANALYZE pg_temp.segmentation_moves")
     changed = plpy.execute(plpy.prepare(
-        "WITH closed AS (UPDATE segmentation.player_segment_memberships m SET valid_to = now()"
-        " FROM pg_temp.segmentation_batch b WHERE m.game_id = $1 AND m.player_id = b.player_id"
-        " AND m.valid_to IS NULL AND (m.taxonomy_id <> $2 OR m.segment_id <> b.segment_id)"
-        " AND $3 IS NOT NULL AND $4 IS NOT NULL"
-        " RETURNING m.player_id, m.taxonomy_id, m.segment_id)"
-        " INSERT INTO pg_temp.segmentation_closed SELECT * FROM closed", params), args).nrows()
+        "UPDATE segmentation.player_segment_memberships m SET valid_to = now()"
+        " FROM pg_temp.segmentation_moves v WHERE m.game_id = $1 AND m.player_id = v.player_id"
+        " AND m.valid_to IS NULL AND v.segment_id IS NOT NULL", ["text"]), [game_id]).nrows()
     plpy.execute(plpy.prepare(
         "UPDATE segmentation.player_segment_memberships m SET membership = b.membership,"
         " memberships = b.memberships, axis_scores = b.axis_scores,"
@@ -798,15 +804,14 @@ def categorize_all(plpy: Any, GD: dict, game_id: str, as_of: str | None) -> str:
         " player_id, taxonomy_id, segment_id, membership, memberships, axis_scores,"
         " anomaly_score, is_anomaly, as_of, run_id, valid_from) SELECT $1, b.player_id, $2,"
         " b.segment_id, b.membership, b.memberships, b.axis_scores, b.anomaly_score,"
-        " b.is_anomaly, $3, $4, now() FROM pg_temp.segmentation_batch b WHERE NOT EXISTS"
-        " (SELECT 1 FROM segmentation.player_segment_memberships m WHERE m.game_id = $1"
-        " AND m.player_id = b.player_id AND m.valid_to IS NULL)"
+        " b.is_anomaly, $3, $4, now() FROM pg_temp.segmentation_batch b"
+        " JOIN pg_temp.segmentation_moves v USING (player_id)"
         " RETURNING player_id, segment_id)"
         " INSERT INTO segmentation.segment_transition_counts (game_id, run_id, changed_at,"
         " from_taxonomy_id, from_segment_id, to_taxonomy_id, to_segment_id, players)"
-        " SELECT $1, $4, now(), c.taxonomy_id, c.segment_id, $2, i.segment_id, count(*)"
-        " FROM inserted i LEFT JOIN pg_temp.segmentation_closed c ON c.player_id = i.player_id"
-        " GROUP BY c.taxonomy_id, c.segment_id, i.segment_id RETURNING players",
+        " SELECT $1, $4, now(), v.taxonomy_id, v.segment_id, $2, i.segment_id, count(*)"
+        " FROM inserted i JOIN pg_temp.segmentation_moves v USING (player_id)"
+        " GROUP BY v.taxonomy_id, v.segment_id, i.segment_id RETURNING players",
         params), args)
     inserted = sum(int(r["players"]) for r in moves)
     timings["write_history"] = time.perf_counter() - t3

@@ -32,7 +32,7 @@ from datetime import date, timedelta
 from typing import Any
 
 from segmentation import population
-from segmentation.features import FeatureRecipe, days_aggregate_sql
+from segmentation.features import FeatureRecipe, days_aggregate_sql, days_delta_sql
 from segmentation.population import POPULATION_TABLE, drop_temp_table
 
 CACHE_TABLE = "pg_temp.segmentation_window_cache"
@@ -130,7 +130,7 @@ def stage(plpy: Any, game_id: str, as_of: str, recipe: FeatureRecipe) -> Refresh
         if n_dirty > MAX_DIRTY_SHARE * max(int(state["players"]), 1):
             reason = f"{n_dirty} players with written cached days"
         else:
-            n = _advance(plpy, game_id, cached, through, a, kept, metrics)
+            n = _advance(plpy, game_id, cached, through, a, kept, metrics, n_dirty)
             mode, reason = "incremental", f"{(through - cached).days} day(s) advanced"
             built = date.fromisoformat(state["built_through"])
     if mode == "rebuilt":
@@ -192,13 +192,15 @@ def _population_sql(m: int, merged: str, *, by_player: bool = False) -> str:
     # the rounding left over from subtracting them.
     totals = ", ".join(f"(CASE WHEN bit_count(n.days) = 0 THEN 0 ELSE n.totals[{i}] END"
                        f" + coalesce(n.fresh[{i}], 0)) AS c{3 + i}" for i in range(1, m + 1))
+    # octet_length, not length: the bit string's text is ASCII, and length would count
+    # its UTF-8 characters one by one (1M players x lookback_days characters).
     return (
         "SELECT n.player_id,"
         " (bit_count(n.days) + (n.fresh IS NOT NULL)::int)::float8 AS c1,"
         " (CASE WHEN n.fresh IS NOT NULL THEN 0 ELSE position(B'1' IN n.days) END)::float8"
         " AS c2,"
         " (CASE WHEN bit_count(n.days) = 0 THEN 1"
-        "  ELSE length(rtrim(n.days::text, '0')) + 1 END)::float8 AS c3,"
+        "  ELSE octet_length(rtrim(n.days::text, '0')) + 1 END)::float8 AS c3,"
         f" {totals}, n.days, n.totals"
         # OFFSET 0: each row's days and totals are computed once, not once per use.
         f" FROM ({merged} OFFSET 0) n WHERE bit_count(n.days) > 0 OR n.fresh IS NOT NULL"
@@ -206,40 +208,36 @@ def _population_sql(m: int, merged: str, *, by_player: bool = False) -> str:
 
 
 def _advance(plpy: Any, game_id: str, cached: date, through: date, as_of: date, kept: int,
-             metrics: list[str]) -> int:
+             metrics: list[str], n_dirty: int) -> int:
     """The population table, with the cache of ``kept`` days through ``through``, from
     the cache through ``cached``: days in, days out, the as_of day, then the dirty
     players recomputed. Returns the players staged.
 
-    The days that entered, the days that left and the as_of day are joined to each
-    other first (each is one day's players, for a nightly run), so that the game's
+    The days that entered, the days that left and the as_of day are aggregated
+    together first (each is one day's players, for a nightly run), so that the game's
     cached players are joined once.
     """
     m = len(metrics)
     shift = (through - cached).days
     zero = f"B'0'::bit({kept})"
-    added = days_aggregate_sql(m, bits_length=kept)
-    expired = days_aggregate_sql(m, bits_length=None, bounds=(5, 6))
-    fresh = days_aggregate_sql(m, bits_length=None, bounds=(3, 7))
     # Only a cached player has days to subtract (a player with expired rows is cached
     # unless dirty, and dirty players are recomputed below).
     totals = ", ".join(
         f"coalesce(o.totals[{i}] - coalesce(d.expired[{i}], 0), 0) + coalesce(d.added[{i}], 0)"
         for i in range(1, m + 1))
     params = ["text", "date", "date", "text[]", "date", "date", "date"]
+    # shift < kept (else _rebuild_reason rebuilds): the days that left end before the
+    # days that entered begin, as days_delta_sql requires.
     args = [game_id, cached.isoformat(), through.isoformat(), metrics,
             (cached - timedelta(days=kept)).isoformat(),
             (through - timedelta(days=kept)).isoformat(), as_of.isoformat()]
     plpy.execute(plpy.prepare(
         f"CREATE TEMP TABLE {DELTA_TABLE.removeprefix('pg_temp.')} ON COMMIT DROP AS"
-        f" SELECT player_id, a.days, a.totals AS added, s.totals AS expired,"
-        f" f.totals AS fresh FROM ({added}) a FULL JOIN ({expired}) s USING (player_id)"
-        f" FULL JOIN ({fresh}) f USING (player_id)", params), args)
-    # With its true size (the planner's guess for a FULL JOIN of aggregates is off by
-    # orders of magnitude) the join below can hash the delta and read the cached players
-    # in their stored order; the population, the batch and its history write then
-    # mostly follow the order of the game's current rows (see _rebuild). Only speed
-    # depends on it.
+        f" {days_delta_sql(m, bits_length=kept)}", params), args)
+    # With its true size (the planner's guess for the aggregate is far off) the join
+    # below can hash the delta and read the cached players in their stored order; the
+    # population, the batch and its history write then mostly follow the order of the
+    # game's current rows (see _rebuild). Only speed depends on it.
     plpy.execute(f"ANALYZE {DELTA_TABLE}")
     # A player with expired rows is in the old cache unless marked dirty: a later write
     # to those days was logged (or forced a rebuild).
@@ -248,12 +246,17 @@ def _advance(plpy: Any, game_id: str, cached: date, through: date, as_of: date, 
         f" coalesce(o.days::bit({kept}) >> {shift}, {zero}) | coalesce(d.days, {zero}) AS days,"
         f" ARRAY[{totals}]::float8[] AS totals, d.fresh"
         f" FROM (SELECT c.player_id, c.days, c.totals FROM segmentation.window_cache c"
-        f"  WHERE c.game_id = $1) o FULL JOIN {DELTA_TABLE} d USING (player_id)"
-        f" WHERE NOT EXISTS (SELECT 1 FROM {DIRTY_TABLE} x"
-        f"  WHERE x.player_id = coalesce(o.player_id, d.player_id))")
+        f"  WHERE c.game_id = $1) o FULL JOIN {DELTA_TABLE} d USING (player_id)")
+    if n_dirty:
+        # Without dirty players (the usual night) the clause is left out: the planner
+        # would probe the empty table once per player (about 1 s at 1M players).
+        merged += (f" WHERE NOT EXISTS (SELECT 1 FROM {DIRTY_TABLE} x"
+                   f"  WHERE x.player_id = coalesce(o.player_id, d.player_id))")
     n = plpy.execute(plpy.prepare(
         f"CREATE TEMP TABLE {POPULATION_TABLE.removeprefix('pg_temp.')} ON COMMIT DROP AS"
         f" {_population_sql(m, merged)}", params), args).nrows()
+    if not n_dirty:
+        return n
     # The dirty players, from their rows.
     span = days_aggregate_sql(m, bits_length=kept, players_from=DIRTY_TABLE)
     fresh = days_aggregate_sql(m, bits_length=None, players_from=DIRTY_TABLE, bounds=(3, 5))

@@ -163,6 +163,32 @@ def test_history_and_transitions_after_changed_data(calibrated: psycopg.Connecti
     assert view == from_history
 
 
+def test_a_new_taxonomy_starts_new_history_rows(calibrated: psycopg.Connection) -> None:
+    """Rows reference the version that produced them: after a recalibration every
+    player's row is closed and a row of the new taxonomy opened, even where the
+    segment id carries over."""
+    conn = calibrated
+    conn.execute("SELECT segmentation.categorize_all('g1', %s)", (AS_OF,))
+    old_id = conn.execute("SELECT taxonomy_id FROM segmentation.game_behavioral_taxonomy"
+                          " WHERE game_id = 'g1' AND is_active").fetchone()[0]
+    new_id = calibrate(conn)["taxonomy_id"]
+    result = conn.execute("SELECT segmentation.categorize_all('g1', %s)", (AS_OF,)).fetchone()[0]
+    assert (result["taxonomy_id"], result["changed_segment"], result["new"]) == (new_id, 2500, 0)
+    rows = conn.execute("SELECT taxonomy_id, valid_to IS NULL, count(*)"
+                        " FROM segmentation.player_segment_memberships"
+                        " GROUP BY 1, 2 ORDER BY 1, 2").fetchall()
+    assert rows == [(old_id, False, 2500), (new_id, True, 2500)]
+    moved = conn.execute("SELECT from_taxonomy_id, to_taxonomy_id, sum(players)"
+                         " FROM segmentation.segment_transitions"
+                         " WHERE from_taxonomy_id IS NOT NULL GROUP BY 1, 2").fetchall()
+    assert moved == [(old_id, new_id, 2500)]
+    # Carried-over segment ids (continuity) move too: same id, other taxonomy.
+    same = conn.execute("SELECT coalesce(sum(players), 0) FROM segmentation.segment_transitions"
+                        " WHERE from_taxonomy_id = %s AND from_segment_id = to_segment_id",
+                        (old_id,)).fetchone()[0]
+    assert same > 0
+
+
 def test_features_form_and_bad_inputs(calibrated: psycopg.Connection) -> None:
     conn = calibrated
     answer = conn.execute(
