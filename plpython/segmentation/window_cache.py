@@ -44,7 +44,8 @@ _TEMP_TABLES = ("segmentation_window_cache", "segmentation_changes", "segmentati
 # Above this share of the cached players to recompute one by one, a rebuild is cheaper.
 MAX_DIRTY_SHARE = 0.25
 # Advisory lock namespace (beside sql_api's 7_301_00x): one user of a game's cache at a
-# time (categorize_all, detect_anomalies, taxonomy_drift).
+# time (categorize_all, detect_anomalies, taxonomy_drift). Writers of a game without a
+# cache hold it shared (sql/150_window_cache.sql, which repeats the number).
 CACHE_LOCK = 7_301_004
 
 
@@ -77,6 +78,7 @@ def stage(plpy: Any, game_id: str, as_of: str, recipe: FeatureRecipe) -> Refresh
     row = plpy.execute(plpy.prepare(
         "SELECT to_char($1::date, 'YYYY-MM-DD') AS d,"
         " $1::date BETWEEN '1000-01-01' AND '9999-12-31' AS ok,"
+        " pg_catalog.current_setting('transaction_isolation') = 'read committed' AS rc,"
         " EXISTS (SELECT 1 FROM pg_catalog.pg_subscription_rel"
         "  WHERE srrelid = 'segmentation.player_activity'::pg_catalog.regclass) AS subscribed",
         ["date"]), [as_of])[0]
@@ -112,6 +114,14 @@ def stage(plpy: Any, game_id: str, as_of: str, recipe: FeatureRecipe) -> Refresh
         # its log, to the nightly run.
         n = population.stage_window(plpy, game_id, as_of, recipe)
         return Refresh("whole window", "as_of is before the cached days", 0, n)
+    if state is None and not row["rc"]:
+        # Writers of a game without a cache note nothing while they hold its lock; a
+        # run waits for them, but an older snapshot (REPEATABLE READ, SERIALIZABLE)
+        # may not see their rows. Such a run answers from its snapshot and builds no
+        # cache; the next READ COMMITTED run does.
+        n = population.stage_window(plpy, game_id, as_of, recipe)
+        return Refresh("whole window", "no cache yet, and the transaction is not READ"
+                                       " COMMITTED", 0, n)
     # The change log is read before any activity row: a write committed later is
     # either seen by the reads below or still logged for the next run.
     population.create_temp_table(plpy, "segmentation_changes",

@@ -8,6 +8,8 @@ the window.
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import date, timedelta
 from typing import Any
 
@@ -195,3 +197,71 @@ def test_a_writer_without_privileges_on_the_log_still_writes_activity(
     # Day -95 is far before the cached days (only the day is noted): only "x" is
     # recomputed.
     assert categorize(conn, AS_OF)["window_cache"]["recomputed_players"] == 1
+
+
+def _logged(conn: psycopg.Connection) -> int:
+    return conn.execute("SELECT count(*) FROM segmentation.activity_changes"
+                        " WHERE game_id = 'g1'").fetchone()[0]
+
+
+def test_a_game_without_a_cache_keeps_no_log(calibrated: psycopg.Connection) -> None:
+    """Writes to a game that has no cache (never batch-categorized) are not noted, so its
+    log does not grow; a REPEATABLE READ writer, which cannot tell, still notes them."""
+    conn = calibrated
+    insert = ("INSERT INTO segmentation.player_activity VALUES ('g1', %s, %s,"
+              " '{\"sessions\": 2}')")
+    assert _logged(conn) == 0  # the population was loaded row set by row set
+    for i in range(3):
+        conn.execute(insert, (f"late{i}", AS_OF - timedelta(days=i)))
+    assert _logged(conn) == 0
+    with conn.transaction():
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        conn.execute(insert, ("late9", AS_OF))
+    assert _logged(conn) == 1
+    # A REPEATABLE READ run of a game without a cache answers from its snapshot and
+    # builds no cache (a writer it waited for may be newer than its snapshot).
+    with conn.transaction():
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        result = conn.execute("SELECT segmentation.categorize_all('g1', %s)",
+                              (AS_OF,)).fetchone()[0]
+    assert result["window_cache"]["mode"] == "whole window"
+    assert_matches_single_calls(conn, AS_OF, result["players"])
+    assert conn.execute("SELECT count(*) FROM segmentation.window_cache_state").fetchone()[0] == 0
+    assert categorize(conn, AS_OF)["window_cache"]["reason"] == "no cache"
+    # With a cache, writes are noted again.
+    conn.execute(insert, ("late10", AS_OF - timedelta(days=1)))
+    assert _logged(conn) == 1
+
+
+def test_a_first_run_waits_for_writers_that_noted_nothing(
+        calibrated: psycopg.Connection, dsn: str) -> None:
+    """A writer of a game without a cache holds its cache lock until it commits; the run
+    that builds the cache waits for it and then sees its rows."""
+    conn = calibrated
+    result: dict[str, Any] = {}
+
+    def run() -> None:
+        with psycopg.connect(dsn, autocommit=True) as batch:
+            result.update(batch.execute("SELECT segmentation.categorize_all('g1', %s)",
+                                        (AS_OF,)).fetchone()[0])
+
+    with psycopg.connect(dsn) as writer:
+        writer.execute("INSERT INTO segmentation.player_activity VALUES ('g1', 'newcomer',"
+                       " %s, '{\"sessions\": 4}')", (AS_OF - timedelta(days=1),))
+        batch = threading.Thread(target=run)
+        batch.start()
+        waiting = 0
+        for _ in range(200):
+            waiting = conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+                                   " AND NOT granted").fetchone()[0]
+            if waiting:
+                break
+            time.sleep(0.05)
+        assert waiting == 1
+        writer.commit()
+    batch.join(120)
+    assert result["window_cache"]["reason"] == "no cache"
+    # newcomer is in the window the oracle lists, so the run must have staged it.
+    assert_matches_single_calls(conn, AS_OF, result["players"])
+    assert _logged(conn) == 0
+    assert categorize(conn, AS_OF)["window_cache"]["mode"] == "incremental"
