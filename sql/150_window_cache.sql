@@ -10,8 +10,8 @@
 -- run takes the game's cache lock (window_cache.CACHE_LOCK: 7301004, hashtext(game))
 -- exclusively before it reads anything, so it waits for this transaction, which then
 -- holds the lock shared, and reads its rows; the next run of a game without a cache
--- rebuilds it from the rows. The lock is tried only for games without a cache (a
--- cached game's run need not wait for writers), and the cache is looked for again once
+-- rebuilds it from the rows. The lock is tried only for games without a cache (runs of
+-- cached games should not wait for writers), and the cache is looked for again once
 -- the lock is held: a run may have committed one in between. That second look needs a
 -- new snapshot, which only READ COMMITTED gives each statement; other isolation levels
 -- note every game, as before.

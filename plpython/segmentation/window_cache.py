@@ -14,6 +14,10 @@ what changed since the cache's C = A - 1:
   (``segmentation.activity_changes``, filled by triggers on player_activity);
 - the as_of day itself.
 
+Writes to a game without a cache are not noted while no run is building one (READ
+COMMITTED writers; see ``_games_without_run`` in sql/150_window_cache.sql): the writer
+holds the game's cache lock shared, so a run waits for it and reads its rows.
+
 The cache is rebuilt whole when it cannot be trusted or would cost more than a rebuild:
 no cache, another lookback or metric list, an as_of a window past the cached days, a
 written cached day whose players the trigger could not know (a write that
@@ -104,10 +108,14 @@ def stage(plpy: Any, game_id: str, as_of: str, recipe: FeatureRecipe) -> Refresh
     # Before the state is read: a TRUNCATE in progress (which empties the cache) finishes
     # first.
     plpy.execute("LOCK TABLE segmentation.player_activity IN ACCESS SHARE MODE")
+    # FOR UPDATE: under REPEATABLE READ or SERIALIZABLE a state row changed or deleted
+    # since the snapshot (by a run, an install or by hand; writers may have noted
+    # nothing since) fails the run with a serialization error instead of being trusted.
     rows = plpy.execute(plpy.prepare(
         "SELECT to_char(cached_through, 'YYYY-MM-DD') AS cached_through,"
         " to_char(built_through, 'YYYY-MM-DD') AS built_through, lookback_days, metrics,"
-        " players FROM segmentation.window_cache_state WHERE game_id = $1", ["text"]), [game_id])
+        " players FROM segmentation.window_cache_state WHERE game_id = $1 FOR UPDATE",
+        ["text"]), [game_id])
     state = rows[0] if rows else None
     if state is not None and through < date.fromisoformat(state["cached_through"]):
         # A look back in time (say taxonomy_drift of last month) leaves the cache, and

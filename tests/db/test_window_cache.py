@@ -265,3 +265,22 @@ def test_a_first_run_waits_for_writers_that_noted_nothing(
     assert_matches_single_calls(conn, AS_OF, result["players"])
     assert _logged(conn) == 0
     assert categorize(conn, AS_OF)["window_cache"]["mode"] == "incremental"
+
+
+def test_a_repeatable_read_run_does_not_trust_a_state_changed_since_its_snapshot(
+        calibrated: psycopg.Connection, dsn: str) -> None:
+    """The state is deleted after the run's snapshot, then a write to a cached day goes
+    unnoted (no cache any more): the run must not advance the cache it still sees."""
+    conn = calibrated
+    categorize(conn, AS_OF - timedelta(days=1))
+    with psycopg.connect(dsn) as run:
+        run.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        assert run.execute("SELECT count(*) FROM segmentation.window_cache_state"
+                           ).fetchone()[0] == 1
+        conn.execute("DELETE FROM segmentation.window_cache_state WHERE game_id = 'g1'")
+        conn.execute("INSERT INTO segmentation.player_activity VALUES ('g1', 'late', %s,"
+                     " '{\"sessions\": 3}')", (AS_OF - timedelta(days=3),))
+        assert _logged(conn) == 0
+        with pytest.raises(psycopg.errors.SerializationFailure):
+            run.execute("SELECT segmentation.categorize_all('g1', %s)", (AS_OF,))
+    assert categorize(conn, AS_OF)["window_cache"]["reason"] == "no cache"
