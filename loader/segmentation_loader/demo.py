@@ -87,12 +87,20 @@ def main() -> int:
                " med_minutes_per_day, round((feature_medians->>'spend_usd_total')::numeric, 2)"
                " AS med_spend_total FROM segmentation.segment_summary"
                " WHERE game_id = 'demo' AND is_active ORDER BY players DESC")
-        print("\n   SELECT * FROM segmentation.categorize_player('demo', player_id) for a sample:")
+        print("\n   SELECT * FROM segmentation.categorize_player('demo', player_id) for three"
+              " players,\n   then for the three whose primary degree is lowest (fuzzy: the"
+              " degrees sum to 1):")
         _table(conn, "SELECT p.player_id, c.segment_name, round(c.membership::numeric, 3) AS"
-               " membership, round(c.anomaly_score::numeric, 2) AS anomaly_score, c.is_anomaly"
-               " FROM (SELECT player_id FROM segmentation.player_current_segment"
-               " WHERE game_id = 'demo' ORDER BY player_id LIMIT 5) p,"
-               " LATERAL segmentation.categorize_player('demo', p.player_id) c")
+               " membership, c.explanation->>'runner_up' AS runner_up,"
+               " round((c.memberships->>(c.explanation->>'runner_up'))::numeric, 3) AS"
+               " runner_up_degree, round(c.anomaly_score::numeric, 2) AS anomaly_score,"
+               " c.is_anomaly FROM ((SELECT player_id, 1 AS k FROM"
+               " segmentation.player_current_segment WHERE game_id = 'demo'"
+               " ORDER BY player_id LIMIT 3) UNION ALL (SELECT player_id, 2 FROM"
+               " segmentation.player_current_segment WHERE game_id = 'demo'"
+               " ORDER BY membership, player_id LIMIT 3)) p,"
+               " LATERAL segmentation.categorize_player('demo', p.player_id) c"
+               " ORDER BY p.k, p.player_id")
         print("\n   top anomalies:")
         if _has_function(conn, "detect_anomalies"):
             _table(conn, "SELECT player_id, round(anomaly_score::numeric, 2) AS score, kind,"
