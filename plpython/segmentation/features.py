@@ -193,27 +193,28 @@ def days_delta_sql(n_metrics: int, *, bits_length: int) -> str:
     $4 metrics text[], $5 and $6 (``($5, $6]``, expired), $7 (``($3, $7]``, fresh);
     the spans must be in the order expired, added, fresh and must not overlap.
     Columns: player_id; ``days`` (bit(``bits_length``) of the added span as in
-    :func:`days_aggregate_sql`, NULL if the player has no row in it); ``added``,
-    ``expired`` (float8[n]: each metric's sum of valid values in that span, zeros
-    if none) and ``fresh`` (the same for the fresh span, NULL if the player has no
-    row in it). Equal to three :func:`days_aggregate_sql` aggregates FULL JOINed,
+    :func:`days_aggregate_sql`); ``added``, ``expired``, ``fresh`` (float8[n]: each
+    metric's sum of valid values in that span); each NULL if the player has no row in
+    that span. Equal to three :func:`days_aggregate_sql` aggregates FULL JOINed,
     but each row's metrics are extracted once, the planner sees one aggregate (which
     it may run with parallel workers), and no join of aggregates is needed.
     """
     if not 0 < n_metrics <= MAX_METRICS:
         raise ValueError(f"n_metrics must be in 1..{MAX_METRICS}")
 
+    # NULL, not zeros, for a span without rows: most players have rows in one span, and
+    # the narrower rows keep the merge's hash table of them in memory.
     def sums(span: int) -> str:
-        return ", ".join(f"coalesce(sum({_value(i)}) FILTER (WHERE a.span = {span}), 0)"
-                         for i in range(1, n_metrics + 1))
+        values = ", ".join(f"coalesce(sum({_value(i)}) FILTER (WHERE a.span = {span}), 0)"
+                           for i in range(1, n_metrics + 1))
+        return (f"CASE WHEN count(*) FILTER (WHERE a.span = {span}) > 0"
+                f" THEN ARRAY[{values}]::float8[] END")
 
     return (
         f"SELECT a.player_id,"
         f" bit_or(B'1'::bit({int(bits_length)}) >> ($3::date - a.activity_date))"
         f" FILTER (WHERE a.span = 2) AS days,"
-        f" ARRAY[{sums(2)}]::float8[] AS added, ARRAY[{sums(1)}]::float8[] AS expired,"
-        f" CASE WHEN count(*) FILTER (WHERE a.span = 3) > 0 THEN ARRAY[{sums(3)}]::float8[]"
-        f" END AS fresh"
+        f" {sums(2)} AS added, {sums(1)} AS expired, {sums(3)} AS fresh"
         f" FROM (SELECT r.player_id, r.activity_date, r.metrics,"
         f"  CASE WHEN r.activity_date <= $6::date THEN 1"
         f"   WHEN r.activity_date <= $3::date THEN 2 ELSE 3 END AS span"
