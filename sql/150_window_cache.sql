@@ -5,55 +5,70 @@
 -- also fire under session_replication_role = replica. Logical replication's apply worker
 -- fires no statement triggers at all: categorize_all bypasses the cache on a subscriber.
 
--- Called by the trigger below (as its owner). The games among ``games`` for which the
--- statement need note nothing: games without a cache while no run is building one. A
--- run takes the game's cache lock (window_cache.CACHE_LOCK: 7301004, hashtext(game))
--- exclusively before it reads anything, so it waits for this transaction, which then
--- holds the lock shared, and reads its rows; the next run of a game without a cache
--- rebuilds it from the rows. The lock is tried only for games without a cache (runs of
--- cached games should not wait for writers), and the cache is looked for again once
--- the lock is held: a run may have committed one in between. That second look needs a
--- new snapshot, which only READ COMMITTED gives each statement; other isolation levels
--- note every game, as before.
-CREATE OR REPLACE FUNCTION segmentation._games_without_run(games text[])
-RETURNS text[]
+-- Called by the trigger below (as its owner). True when ``game`` has no cache and no run
+-- is building one; the game's cache lock is then held shared until the transaction
+-- ends. A run takes that lock (window_cache.CACHE_LOCK: 7301004, hashtext(game))
+-- exclusively before it reads anything, so it waits for this transaction and reads its
+-- rows; the next run of a game without a cache rebuilds it from the rows, and notes of
+-- such a game are of no use. The lock is tried only for games without a cache (runs of
+-- cached games should not wait for writers), and the cache is looked for again once the
+-- lock is held: a run may have committed one in between. That second look needs a new
+-- snapshot, which only READ COMMITTED gives each statement; other isolation levels get
+-- false (they keep their notes).
+CREATE OR REPLACE FUNCTION segmentation._lock_if_uncached(game text)
+RETURNS boolean
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    -- Three statements, three snapshots: the last one is taken with the lock held.
+    IF game IS NULL OR current_setting('transaction_isolation') <> 'read committed'
+       OR EXISTS (SELECT 1 FROM segmentation.window_cache_state s WHERE s.game_id = game)
+       OR NOT pg_try_advisory_xact_lock_shared(7301004, hashtext(game)) THEN
+        RETURN false;
+    END IF;
+    RETURN NOT EXISTS (SELECT 1 FROM segmentation.window_cache_state s
+                        WHERE s.game_id = game);
+END
+$$;
+COMMENT ON FUNCTION segmentation._lock_if_uncached(text) IS
+    'For the change-log trigger: true when the game has no window cache and no run is building one (its writes need no notes); then holds its cache lock shared until the transaction ends.';
+
+-- Called by the trigger below for the games of a statement after its first (rare: most
+-- writing statements touch one game): deletes the notes of those without a cache that no
+-- run is building (_lock_if_uncached).
+CREATE OR REPLACE FUNCTION segmentation._forget_uncached_notes(games text[])
+RETURNS void
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    quiet text[] := '{}';
     g text;
 BEGIN
-    IF current_setting('transaction_isolation') <> 'read committed' THEN
-        RETURN quiet;
-    END IF;
-    -- Three statements, three snapshots: the last one is taken with the lock held.
-    FOREACH g IN ARRAY games LOOP
-        CONTINUE WHEN EXISTS (SELECT 1 FROM segmentation.window_cache_state s
-                               WHERE s.game_id = g);
-        CONTINUE WHEN NOT pg_try_advisory_xact_lock_shared(7301004, hashtext(g));
-        IF NOT EXISTS (SELECT 1 FROM segmentation.window_cache_state s WHERE s.game_id = g)
-        THEN
-            quiet := quiet || g;
+    FOREACH g IN ARRAY coalesce(games, '{}') LOOP
+        IF segmentation._lock_if_uncached(g) THEN
+            DELETE FROM segmentation.activity_changes c WHERE c.game_id = g;
         END IF;
     END LOOP;
-    RETURN quiet;
 END
 $$;
-COMMENT ON FUNCTION segmentation._games_without_run(text[]) IS
-    'For the change-log trigger: the games without a window cache that no run is building (their writes need no note). Holds their cache lock shared until the transaction ends.';
+COMMENT ON FUNCTION segmentation._forget_uncached_notes(text[]) IS
+    'For the change-log trigger: deletes the notes of the games without a window cache that no run is building (see _lock_if_uncached).';
 
 -- SECURITY DEFINER: it runs as a trigger for every role allowed to write player_activity,
 -- none of which needs (or gets) any privilege on the log or the cache. It only inserts
--- (game, day, player) triples taken from the statement's own rows, or empties the cache
--- after a TRUNCATE; it takes no argument and runs no dynamic SQL.
+-- (game, day, player) triples taken from the statement's own rows, deletes the notes of
+-- games without a cache, or empties the cache after a TRUNCATE; it takes no argument and
+-- runs no dynamic SQL.
 CREATE OR REPLACE FUNCTION segmentation._log_activity_changes()
 RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    quiet text[];
+    first text;   -- the game of the statement's first row
+    quiet text;   -- that game, if it needs no notes (_lock_if_uncached)
+    games text[]; -- the games noted without players: the others to check
 BEGIN
     IF TG_OP = 'TRUNCATE' THEN
         TRUNCATE segmentation.window_cache_state, segmentation.window_cache,
@@ -62,40 +77,53 @@ BEGIN
     END IF;
     -- A day after the game's cached days is read whole by the next run: noting the day
     -- suffices. (If a run is building the cache at this moment, the day may end up
-    -- cached without this write; the note then makes the next run rebuild.) Games that
-    -- have no cache and no run building one get no note at all (_games_without_run):
-    -- the log of a game that is never batch-categorized stays empty.
+    -- cached without this write; the note then makes the next run rebuild.) Games
+    -- without a cache and no run building one need no notes: the log of a game that is
+    -- never batch-categorized stays empty. The first row's game is checked before the
+    -- statement's rows are read (one read, no notes to delete for the usual one-game
+    -- statement); other games' notes are written, then deleted if they need none.
     IF TG_OP = 'INSERT' THEN
-        quiet := segmentation._games_without_run(ARRAY(SELECT DISTINCT game_id FROM new_rows));
-        INSERT INTO segmentation.activity_changes (game_id, activity_date, player_id)
-        SELECT DISTINCT r.game_id, r.activity_date,
-               CASE WHEN r.activity_date <= s.cached_through
-                     AND r.activity_date > s.cached_through - 2 * (s.lookback_days - 1)
-                    THEN r.player_id END
-          FROM new_rows r LEFT JOIN segmentation.window_cache_state s USING (game_id)
-         WHERE r.game_id <> ALL (quiet);
+        first := (SELECT game_id FROM new_rows LIMIT 1);
+        quiet := CASE WHEN segmentation._lock_if_uncached(first) THEN first END;
+        WITH noted AS (
+            INSERT INTO segmentation.activity_changes (game_id, activity_date, player_id)
+            SELECT DISTINCT r.game_id, r.activity_date,
+                   CASE WHEN r.activity_date <= s.cached_through
+                         AND r.activity_date > s.cached_through - 2 * (s.lookback_days - 1)
+                        THEN r.player_id END
+              FROM new_rows r LEFT JOIN segmentation.window_cache_state s USING (game_id)
+             WHERE r.game_id IS DISTINCT FROM quiet
+            RETURNING game_id, player_id)
+        SELECT array_agg(DISTINCT n.game_id) INTO games FROM noted n WHERE n.player_id IS NULL;
     ELSIF TG_OP = 'UPDATE' THEN
-        quiet := segmentation._games_without_run(ARRAY(
-            SELECT game_id FROM old_rows UNION SELECT game_id FROM new_rows));
-        INSERT INTO segmentation.activity_changes (game_id, activity_date, player_id)
-        SELECT DISTINCT r.game_id, r.activity_date,
-               CASE WHEN r.activity_date <= s.cached_through
-                     AND r.activity_date > s.cached_through - 2 * (s.lookback_days - 1)
-                    THEN r.player_id END
-          FROM (SELECT game_id, player_id, activity_date FROM old_rows
-                UNION ALL SELECT game_id, player_id, activity_date FROM new_rows) r
-          LEFT JOIN segmentation.window_cache_state s USING (game_id)
-         WHERE r.game_id <> ALL (quiet);
+        first := (SELECT game_id FROM new_rows LIMIT 1);
+        quiet := CASE WHEN segmentation._lock_if_uncached(first) THEN first END;
+        WITH noted AS (
+            INSERT INTO segmentation.activity_changes (game_id, activity_date, player_id)
+            SELECT DISTINCT r.game_id, r.activity_date,
+                   CASE WHEN r.activity_date <= s.cached_through
+                         AND r.activity_date > s.cached_through - 2 * (s.lookback_days - 1)
+                        THEN r.player_id END
+              FROM (SELECT game_id, player_id, activity_date FROM old_rows
+                    UNION ALL SELECT game_id, player_id, activity_date FROM new_rows) r LEFT JOIN segmentation.window_cache_state s USING (game_id)
+             WHERE r.game_id IS DISTINCT FROM quiet
+            RETURNING game_id, player_id)
+        SELECT array_agg(DISTINCT n.game_id) INTO games FROM noted n WHERE n.player_id IS NULL;
     ELSE
-        quiet := segmentation._games_without_run(ARRAY(SELECT DISTINCT game_id FROM old_rows));
-        INSERT INTO segmentation.activity_changes (game_id, activity_date, player_id)
-        SELECT DISTINCT r.game_id, r.activity_date,
-               CASE WHEN r.activity_date <= s.cached_through
-                     AND r.activity_date > s.cached_through - 2 * (s.lookback_days - 1)
-                    THEN r.player_id END
-          FROM old_rows r LEFT JOIN segmentation.window_cache_state s USING (game_id)
-         WHERE r.game_id <> ALL (quiet);
+        first := (SELECT game_id FROM old_rows LIMIT 1);
+        quiet := CASE WHEN segmentation._lock_if_uncached(first) THEN first END;
+        WITH noted AS (
+            INSERT INTO segmentation.activity_changes (game_id, activity_date, player_id)
+            SELECT DISTINCT r.game_id, r.activity_date,
+                   CASE WHEN r.activity_date <= s.cached_through
+                         AND r.activity_date > s.cached_through - 2 * (s.lookback_days - 1)
+                        THEN r.player_id END
+              FROM old_rows r LEFT JOIN segmentation.window_cache_state s USING (game_id)
+             WHERE r.game_id IS DISTINCT FROM quiet
+            RETURNING game_id, player_id)
+        SELECT array_agg(DISTINCT n.game_id) INTO games FROM noted n WHERE n.player_id IS NULL;
     END IF;
+    PERFORM segmentation._forget_uncached_notes(games);
     RETURN NULL;
 END
 $$;

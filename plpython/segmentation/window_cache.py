@@ -14,9 +14,9 @@ what changed since the cache's C = A - 1:
   (``segmentation.activity_changes``, filled by triggers on player_activity);
 - the as_of day itself.
 
-Writes to a game without a cache are not noted while no run is building one (READ
-COMMITTED writers; see ``_games_without_run`` in sql/150_window_cache.sql): the writer
-holds the game's cache lock shared, so a run waits for it and reads its rows.
+Writes to a game without a cache leave no notes while no run is building one (READ
+COMMITTED writers; see ``_lock_if_uncached`` in sql/150_window_cache.sql): the
+writer holds the game's cache lock shared, so a run waits for it and reads its rows.
 
 The cache is rebuilt whole when it cannot be trusted or would cost more than a rebuild:
 no cache, another lookback or metric list, an as_of a window past the cached days, a

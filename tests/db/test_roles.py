@@ -68,10 +68,11 @@ def _actions() -> dict[str, tuple[str, frozenset[str]]]:
     a["call-_log_activity_changes"] = (
         "INSERT INTO segmentation.player_activity VALUES ('g1', 'probe', %(as_of)s, '{}')",
         ADMIN)
-    # Called by that trigger (as its owner); admins may call it, which only takes
-    # advisory locks.
-    a["call-_games_without_run"] = (
-        "SELECT segmentation._games_without_run(ARRAY['g_probe'])", ADMIN)
+    # Called by that trigger (as its owner); admins may call them (they may delete the
+    # notes anyway; the other only takes an advisory lock).
+    a["call-_forget_uncached_notes"] = (
+        "SELECT segmentation._forget_uncached_notes(ARRAY['g_probe'])", ADMIN)
+    a["call-_lock_if_uncached"] = ("SELECT segmentation._lock_if_uncached('g_probe')", ADMIN)
     a["select-_yoyo_migration"] = ("SELECT * FROM segmentation._yoyo_migration LIMIT 1", NOONE)
 
     for call in ("version()", "live()", "ready()", "health()", "python_runtime()",

@@ -214,6 +214,10 @@ def test_a_game_without_a_cache_keeps_no_log(calibrated: psycopg.Connection) -> 
     for i in range(3):
         conn.execute(insert, (f"late{i}", AS_OF - timedelta(days=i)))
     assert _logged(conn) == 0
+    # A statement whose first row is another game's: g1's notes are written, then deleted.
+    conn.execute("INSERT INTO segmentation.player_activity VALUES"
+                 " ('g_other', 'x', %s, '{}'), ('g1', 'late5', %s, '{}')", (AS_OF, AS_OF))
+    assert conn.execute("SELECT count(*) FROM segmentation.activity_changes").fetchone()[0] == 0
     with conn.transaction():
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         conn.execute(insert, ("late9", AS_OF))
