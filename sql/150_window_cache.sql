@@ -82,47 +82,18 @@ BEGIN
     -- never batch-categorized stays empty. The first row's game is checked before the
     -- statement's rows are read (one read, no notes to delete for the usual one-game
     -- statement); other games' notes are written, then deleted if they need none.
-    IF TG_OP = 'INSERT' THEN
-        first := (SELECT game_id FROM new_rows LIMIT 1);
-        quiet := CASE WHEN segmentation._lock_if_uncached(first) THEN first END;
-        WITH noted AS (
-            INSERT INTO segmentation.activity_changes (game_id, activity_date, player_id)
-            SELECT DISTINCT r.game_id, r.activity_date,
-                   CASE WHEN r.activity_date <= s.cached_through
-                         AND r.activity_date > s.cached_through - 2 * (s.lookback_days - 1)
-                        THEN r.player_id END
-              FROM new_rows r LEFT JOIN segmentation.window_cache_state s USING (game_id)
-             WHERE r.game_id IS DISTINCT FROM quiet
-            RETURNING game_id, player_id)
-        SELECT array_agg(DISTINCT n.game_id) INTO games FROM noted n WHERE n.player_id IS NULL;
-    ELSIF TG_OP = 'UPDATE' THEN
-        first := (SELECT game_id FROM new_rows LIMIT 1);
-        quiet := CASE WHEN segmentation._lock_if_uncached(first) THEN first END;
-        WITH noted AS (
-            INSERT INTO segmentation.activity_changes (game_id, activity_date, player_id)
-            SELECT DISTINCT r.game_id, r.activity_date,
-                   CASE WHEN r.activity_date <= s.cached_through
-                         AND r.activity_date > s.cached_through - 2 * (s.lookback_days - 1)
-                        THEN r.player_id END
-              FROM (SELECT game_id, player_id, activity_date FROM old_rows
-                    UNION ALL SELECT game_id, player_id, activity_date FROM new_rows) r LEFT JOIN segmentation.window_cache_state s USING (game_id)
-             WHERE r.game_id IS DISTINCT FROM quiet
-            RETURNING game_id, player_id)
-        SELECT array_agg(DISTINCT n.game_id) INTO games FROM noted n WHERE n.player_id IS NULL;
-    ELSE
-        first := (SELECT game_id FROM old_rows LIMIT 1);
-        quiet := CASE WHEN segmentation._lock_if_uncached(first) THEN first END;
-        WITH noted AS (
-            INSERT INTO segmentation.activity_changes (game_id, activity_date, player_id)
-            SELECT DISTINCT r.game_id, r.activity_date,
-                   CASE WHEN r.activity_date <= s.cached_through
-                         AND r.activity_date > s.cached_through - 2 * (s.lookback_days - 1)
-                        THEN r.player_id END
-              FROM old_rows r LEFT JOIN segmentation.window_cache_state s USING (game_id)
-             WHERE r.game_id IS DISTINCT FROM quiet
-            RETURNING game_id, player_id)
-        SELECT array_agg(DISTINCT n.game_id) INTO games FROM noted n WHERE n.player_id IS NULL;
-    END IF;
+    first := (SELECT game_id FROM written LIMIT 1);
+    quiet := CASE WHEN segmentation._lock_if_uncached(first) THEN first END;
+    WITH noted AS (
+        INSERT INTO segmentation.activity_changes (game_id, activity_date, player_id)
+        SELECT DISTINCT r.game_id, r.activity_date,
+               CASE WHEN r.activity_date <= s.cached_through
+                     AND r.activity_date > s.cached_through - 2 * (s.lookback_days - 1)
+                    THEN r.player_id END
+          FROM written r LEFT JOIN segmentation.window_cache_state s USING (game_id)
+         WHERE r.game_id IS DISTINCT FROM quiet
+        RETURNING game_id, player_id)
+    SELECT array_agg(DISTINCT n.game_id) INTO games FROM noted n WHERE n.player_id IS NULL;
     PERFORM segmentation._forget_uncached_notes(games);
     RETURN NULL;
 END
@@ -130,19 +101,26 @@ $$;
 COMMENT ON FUNCTION segmentation._log_activity_changes() IS
     'Trigger on player_activity: logs written days (and players of cached days) for categorize_all''s window cache. SECURITY DEFINER so that writers need no privilege on the log (see sql/150_window_cache.sql).';
 
+-- Each trigger names its rows "written" (an UPDATE has two triggers, one per side), so
+-- the function has one query for every operation. An UPDATE that keeps a row's game,
+-- day and player notes it twice, which the runs read as once.
 CREATE OR REPLACE TRIGGER log_inserts AFTER INSERT ON segmentation.player_activity
-    REFERENCING NEW TABLE AS new_rows
+    REFERENCING NEW TABLE AS written
     FOR EACH STATEMENT EXECUTE FUNCTION segmentation._log_activity_changes();
 CREATE OR REPLACE TRIGGER log_updates AFTER UPDATE ON segmentation.player_activity
-    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    REFERENCING NEW TABLE AS written
+    FOR EACH STATEMENT EXECUTE FUNCTION segmentation._log_activity_changes();
+CREATE OR REPLACE TRIGGER log_updated_from AFTER UPDATE ON segmentation.player_activity
+    REFERENCING OLD TABLE AS written
     FOR EACH STATEMENT EXECUTE FUNCTION segmentation._log_activity_changes();
 CREATE OR REPLACE TRIGGER log_deletes AFTER DELETE ON segmentation.player_activity
-    REFERENCING OLD TABLE AS old_rows
+    REFERENCING OLD TABLE AS written
     FOR EACH STATEMENT EXECUTE FUNCTION segmentation._log_activity_changes();
 CREATE OR REPLACE TRIGGER log_truncates AFTER TRUNCATE ON segmentation.player_activity
     FOR EACH STATEMENT EXECUTE FUNCTION segmentation._log_activity_changes();
 ALTER TABLE segmentation.player_activity ENABLE ALWAYS TRIGGER log_inserts;
 ALTER TABLE segmentation.player_activity ENABLE ALWAYS TRIGGER log_updates;
+ALTER TABLE segmentation.player_activity ENABLE ALWAYS TRIGGER log_updated_from;
 ALTER TABLE segmentation.player_activity ENABLE ALWAYS TRIGGER log_deletes;
 ALTER TABLE segmentation.player_activity ENABLE ALWAYS TRIGGER log_truncates;
 
