@@ -3,16 +3,24 @@
 The window of ``as_of`` A with lookback L is the L days (A - L, A]. The cache of a game
 holds every player's aggregates over the other L - 1 days, (A - L, A - 1], of its last
 run: the active days as a bit string of L - 1 bits (bit i from the left is day
-``cached_through - i``) and each metric's total. The as_of day is never cached: it may
-still be filling. A run at a later as_of A' (cached days through T = A' - 1) reads only
-what changed since the cache's C = A - 1:
+``cached_through - i``) and each metric's total; beside them, each metric's total on the
+as_of day A (``as_of_totals``), which is not a cached day: it may still be filling. A run
+at a later as_of A' (cached days through T = A' - 1) reads only what changed since the
+cache's C = A - 1:
 
-- the days that entered the cached span, (C, T], added;
+- the days that entered the cached span, (C, T], added; the first of them, A, from
+  ``as_of_totals`` unless A was written since the last run read it (no note for it in
+  the log), else from its rows;
 - the days that left it, (C - L + 1, T - L + 1], subtracted from the totals (the bit
   strings shift them out);
 - the players whose days were written since, recomputed from their rows
   (``segmentation.activity_changes``, filled by triggers on player_activity);
-- the as_of day itself.
+- the as_of day itself (at the same as_of again, from ``as_of_totals`` on the same terms).
+
+A write to day A committed after the last run read it is noted as a written day (A was
+not cached then): a run that sees the note reads A again; a run that does not (the write
+committed after it read the log) misses it like any later write, and the run after it
+finds a written cached day whose players are unknown, so it rebuilds.
 
 Writes to a game without a cache leave no notes while no run is building one (READ
 COMMITTED writers; see ``_lock_if_uncached`` in sql/150_window_cache.sql): the
@@ -148,8 +156,15 @@ def stage(plpy: Any, game_id: str, as_of: str, recipe: FeatureRecipe) -> Refresh
         if n_dirty > MAX_DIRTY_SHARE * max(int(state["players"]), 1):
             reason = f"{n_dirty} players with written cached days"
         else:
-            n = _advance(plpy, game_id, cached, through, a, kept, metrics, n_dirty)
+            # The last run's as_of day, as that run read it, unless written since.
+            day = cached + timedelta(days=1)
+            reuse = not plpy.execute(plpy.prepare(
+                f"SELECT EXISTS (SELECT 1 FROM {CHANGES_TABLE} WHERE activity_date = $1)"
+                " AS written", ["date"]), [day.isoformat()])[0]["written"]
+            n = _advance(plpy, game_id, cached, through, a, kept, metrics, n_dirty, reuse)
             mode, reason = "incremental", f"{(through - cached).days} day(s) advanced"
+            if reuse:
+                reason += f", {day.isoformat()} from the cache"
             built = date.fromisoformat(state["built_through"])
     if mode == "rebuilt":
         n = _rebuild(plpy, game_id, through, a, kept, metrics)
@@ -203,7 +218,8 @@ def _population_sql(m: int, merged: str, *, by_player: bool = False) -> str:
     day's totals, NULL if the player was not active that day). Columns: player_id,
     c1..c(3 + m) as the whole-window aggregate has them (active days, days since the
     last active day, tenure: as_of minus the first active day, plus one; the metric
-    totals), then days and totals for the cache. A player active on no day is left out.
+    totals), then days, totals and fresh for the cache. A player active on no day is left
+    out.
     ``by_player``: stored in player id order.
     """
     # A player whose cached days all left the window counts the as_of day alone, not
@@ -219,57 +235,72 @@ def _population_sql(m: int, merged: str, *, by_player: bool = False) -> str:
         " AS c2,"
         " (CASE WHEN bit_count(n.days) = 0 THEN 1"
         "  ELSE octet_length(rtrim(n.days::text, '0')) + 1 END)::float8 AS c3,"
-        f" {totals}, n.days, n.totals"
+        f" {totals}, n.days, n.totals, n.fresh"
         # OFFSET 0: each row's days and totals are computed once, not once per use.
         f" FROM ({merged} OFFSET 0) n WHERE bit_count(n.days) > 0 OR n.fresh IS NOT NULL"
         + (" ORDER BY n.player_id" if by_player else ""))
 
 
 def _advance(plpy: Any, game_id: str, cached: date, through: date, as_of: date, kept: int,
-             metrics: list[str], n_dirty: int) -> int:
+             metrics: list[str], n_dirty: int, reuse: bool) -> int:
     """The population table, with the cache of ``kept`` days through ``through``, from
     the cache through ``cached``: days in, days out, the as_of day, then the dirty
     players recomputed. Returns the players staged.
 
-    The days that entered, the days that left and the as_of day are aggregated
-    together first (each is one day's players, for a nightly run), so that the game's
-    cached players are joined once.
+    ``reuse``: the day after ``cached`` (the last run's as_of day) comes from the
+    cache's as_of_totals instead of its rows. The days that entered, the days that left
+    and the as_of day are aggregated together first (each is one day's players, for a
+    nightly run), so that the game's cached players are joined once.
     """
     m = len(metrics)
     shift = (through - cached).days
     zero = f"B'0'::bit({kept})"
-    # Only a cached player has days to subtract (a player with expired rows is cached
-    # unless dirty, and dirty players are recomputed below).
-    totals = ", ".join(
-        f"coalesce(o.totals[{i}] - coalesce(d.expired[{i}], 0), 0) + coalesce(d.added[{i}], 0)"
-        for i in range(1, m + 1))
+    old = ("(SELECT c.player_id, c.days, c.totals, c.as_of_totals"
+           " FROM segmentation.window_cache c WHERE c.game_id = $1) o")
     params = ["text", "date", "date", "text[]", "date", "date", "date"]
-    # shift < kept (else _rebuild_reason rebuilds): the days that left end before the
-    # days that entered begin, as days_delta_sql requires.
-    args = [game_id, cached.isoformat(), through.isoformat(), metrics,
-            (cached - timedelta(days=kept)).isoformat(),
-            (through - timedelta(days=kept)).isoformat(), as_of.isoformat()]
-    plpy.execute(plpy.prepare(
-        f"CREATE TEMP TABLE {DELTA_TABLE.removeprefix('pg_temp.')} ON COMMIT DROP AS"
-        f" {days_delta_sql(m, bits_length=kept)}", params), args)
-    # With its true size (the planner's guess for the aggregate is far off) the join
-    # below can hash the delta and read the cached players in their stored order; the
-    # population, the batch and its history write then mostly follow the order of the
-    # game's current rows (see _rebuild). Only speed depends on it.
-    plpy.execute(f"ANALYZE {DELTA_TABLE}")
-    # A player with expired rows is in the old cache unless marked dirty: a later write
-    # to those days was logged (or forced a rebuild).
-    merged = (
-        f"SELECT player_id,"
-        f" coalesce(o.days::bit({kept}) >> {shift}, {zero}) | coalesce(d.days, {zero}) AS days,"
-        f" ARRAY[{totals}]::float8[] AS totals, d.fresh"
-        f" FROM (SELECT c.player_id, c.days, c.totals FROM segmentation.window_cache c"
-        f"  WHERE c.game_id = $1) o FULL JOIN {DELTA_TABLE} d USING (player_id)")
+    if shift == 0 and reuse:
+        # The same as_of again: nothing entered or left, and the as_of day is cached.
+        merged = (f"SELECT o.player_id, o.days::bit({kept}) AS days, o.totals,"
+                  f" o.as_of_totals AS fresh FROM {old}")
+        args: list[Any] = [game_id, None, None, None, None, None, None]
+    else:
+        # Only a cached player has days to subtract (a player with expired rows is cached
+        # unless dirty, and dirty players are recomputed below).
+        totals = ", ".join(
+            f"coalesce(o.totals[{i}] - coalesce(d.expired[{i}], 0), 0)"
+            f" + coalesce(d.added[{i}], 0)"
+            + (f" + coalesce(o.as_of_totals[{i}], 0)" if reuse else "")
+            for i in range(1, m + 1))
+        # shift < kept (else _rebuild_reason rebuilds): the days that left end before the
+        # days that entered begin, as days_delta_sql requires.
+        first_added = cached + timedelta(days=1) if reuse else cached
+        args = [game_id, first_added.isoformat(), through.isoformat(), metrics,
+                (cached - timedelta(days=kept)).isoformat(),
+                (through - timedelta(days=kept)).isoformat(), as_of.isoformat()]
+        plpy.execute(plpy.prepare(
+            f"CREATE TEMP TABLE {DELTA_TABLE.removeprefix('pg_temp.')} ON COMMIT DROP AS"
+            f" {days_delta_sql(m, bits_length=kept)}", params), args)
+        # With its true size (the planner's guess for the aggregate is far off) the join
+        # below can hash the delta and read the cached players in their stored order; the
+        # population, the batch and its history write then mostly follow the order of the
+        # game's current rows (see _rebuild). Only speed depends on it.
+        plpy.execute(f"ANALYZE {DELTA_TABLE}")
+        # The reused day, cached + 1, is bit shift - 1 of the new days.
+        reused_day = (f" | CASE WHEN o.as_of_totals IS NULL THEN {zero}"
+                      f" ELSE B'1'::bit({kept}) >> {shift - 1} END" if reuse else "")
+        # A player with expired rows is in the old cache unless marked dirty: a later
+        # write to those days was logged (or forced a rebuild).
+        merged = (
+            f"SELECT player_id, coalesce(o.days::bit({kept}) >> {shift}, {zero})"
+            f" | coalesce(d.days, {zero}){reused_day} AS days,"
+            f" ARRAY[{totals}]::float8[] AS totals, d.fresh"
+            f" FROM {old} FULL JOIN {DELTA_TABLE} d USING (player_id)")
     if n_dirty:
         # Without dirty players (the usual night) the clause is left out: the planner
         # would probe the empty table once per player (about 1 s at 1M players).
+        player = "o.player_id" if shift == 0 and reuse else "coalesce(o.player_id, d.player_id)"
         merged += (f" WHERE NOT EXISTS (SELECT 1 FROM {DIRTY_TABLE} x"
-                   f"  WHERE x.player_id = coalesce(o.player_id, d.player_id))")
+                   f"  WHERE x.player_id = {player})")
     n = plpy.execute(plpy.prepare(
         f"CREATE TEMP TABLE {POPULATION_TABLE.removeprefix('pg_temp.')} ON COMMIT DROP AS"
         f" {_population_sql(m, merged)}", params), args).nrows()
@@ -319,13 +350,13 @@ def _rebuild(plpy: Any, game_id: str, through: date, as_of: date, kept: int,
 
 def _save(plpy: Any, game_id: str, through: date, lookback: int, metrics: list[str],
           built: date) -> None:
-    """Replace the game's cache by the cached days of the population table."""
+    """Replace the game's cache by the cached days and as_of day of the population table."""
     plpy.execute(plpy.prepare("DELETE FROM segmentation.window_cache WHERE game_id = $1",
                               ["text"]), [game_id])
     n = plpy.execute(plpy.prepare(
-        f"INSERT INTO segmentation.window_cache (game_id, player_id, days, totals)"
-        f" SELECT $1, player_id, days, totals FROM {POPULATION_TABLE}"
-        f" WHERE bit_count(days) > 0", ["text"]), [game_id]).nrows()
+        f"INSERT INTO segmentation.window_cache (game_id, player_id, days, totals,"
+        f" as_of_totals) SELECT $1, player_id, days, totals, fresh FROM {POPULATION_TABLE}",
+        ["text"]), [game_id]).nrows()
     plpy.execute(plpy.prepare(
         "INSERT INTO segmentation.window_cache_state (game_id, cached_through, built_through,"
         " lookback_days, metrics, players) VALUES ($1, $2, $3, $4, $5, $6)"

@@ -34,7 +34,8 @@ OLD = "0.0.9"
 # Migrations the simulated old release does not have; the upgrade applies them.
 NEW_MIGRATIONS = ["0002_memberships_fillfactor"]
 ALL_MIGRATIONS = ["0001_initial", "0002_memberships_fillfactor",
-                  "0003_segment_transition_counts", "0004_window_cache"]
+                  "0003_segment_transition_counts", "0004_window_cache",
+                  "0005_window_cache_as_of_day"]
 GAME = "g1"
 PLAYERS = 2000
 TABLES = {
@@ -221,6 +222,13 @@ def test_rollback_of_the_latest_migration_then_reinstall(bare_dsn: str) -> None:
         before = checksums(conn)
         from_history = conn.execute(OLD_TRANSITIONS).fetchall()
         assert sum(r[-1] for r in from_history) == 800
+    # 0005 drops only the cache's as_of day totals.
+    assert migrate.rollback_latest(bare_dsn) == ["0005_window_cache_as_of_day"]
+    with psycopg.connect(bare_dsn, autocommit=True) as conn:
+        assert checksums(conn) == before
+        assert conn.execute(
+            "SELECT count(*) FROM pg_attribute WHERE attrelid = 'segmentation.window_cache'"
+            "::regclass AND attname = 'as_of_totals' AND NOT attisdropped").fetchone()[0] == 0
     # 0004 drops only the window cache and the change log (which the triggers fill:
     # they go with the functions, and come back with the install below).
     assert migrate.rollback_latest(bare_dsn) == ["0004_window_cache"]
@@ -235,9 +243,10 @@ def test_rollback_of_the_latest_migration_then_reinstall(bare_dsn: str) -> None:
                             ).fetchone()[0] is None
     # ... and applied to a populated database it counts the existing history.
     assert install.install(bare_dsn, lib_base=LIB_DIR).migrations_applied == [
-        "0003_segment_transition_counts", "0004_window_cache"]
+        "0003_segment_transition_counts", "0004_window_cache", "0005_window_cache_as_of_day"]
     with psycopg.connect(bare_dsn, autocommit=True) as conn:
         assert conn.execute(TRANSITIONS).fetchall() == from_history
+    assert migrate.rollback_latest(bare_dsn) == ["0005_window_cache_as_of_day"]
     assert migrate.rollback_latest(bare_dsn) == ["0004_window_cache"]
     assert migrate.rollback_latest(bare_dsn) == ["0003_segment_transition_counts"]
     # 0002 only resets a storage parameter.

@@ -88,8 +88,10 @@ def test_later_runs_read_only_the_changes_and_match_a_whole_window_run(
     conn.execute("INSERT INTO segmentation.player_activity VALUES ('g1', 'fresh', %s,"
                  " '{\"sessions\": 2}')", (AS_OF,))
     later = categorize(conn, AS_OF)
-    assert later["window_cache"] == {"mode": "incremental", "reason": "5 day(s) advanced",
-                                     "recomputed_players": 4}
+    # The first run's as_of day, not written since, comes from the cache.
+    assert later["window_cache"] == {
+        "mode": "incremental", "recomputed_players": 4,
+        "reason": f"5 day(s) advanced, {AS_OF - timedelta(days=5)} from the cache"}
     health = conn.execute("SELECT segmentation.health()").fetchone()[0]
     assert health["components"]["taxonomies"]["active"][0]["window_cache"] == \
         later["window_cache"]
@@ -107,7 +109,7 @@ def test_later_runs_read_only_the_changes_and_match_a_whole_window_run(
     # The same as_of again, under another DateStyle: nothing changed, nothing recomputed.
     conn.execute("SET DateStyle = 'SQL, DMY'")
     again = categorize(conn, AS_OF)
-    assert again["window_cache"]["reason"] == "0 day(s) advanced"
+    assert again["window_cache"]["reason"] == f"0 day(s) advanced, {AS_OF} from the cache"
     # A write to a day the last run subtracted, as if it had committed during that run.
     conn.execute("RESET DateStyle")
     conn.execute("INSERT INTO segmentation.player_activity VALUES ('g1', 'gone', %s,"
@@ -119,11 +121,47 @@ def test_later_runs_read_only_the_changes_and_match_a_whole_window_run(
     past = categorize(conn, AS_OF - timedelta(days=10))
     assert past["window_cache"] == {"mode": "whole window", "recomputed_players": 0,
                                     "reason": "as_of is before the cached days"}
-    assert categorize(conn, AS_OF)["window_cache"]["reason"] == "0 day(s) advanced"
+    assert categorize(conn, AS_OF)["window_cache"]["reason"] == \
+        f"0 day(s) advanced, {AS_OF} from the cache"
     # An as_of the cache cannot shift by a window answers as before (an empty window).
     with pytest.raises(psycopg.Error) as err:
         conn.execute("SELECT segmentation.categorize_all('g1', 'infinity')")
     assert err.value.sqlstate == "SG002"
+
+
+def test_the_last_runs_as_of_day_is_read_again_once_written(
+        calibrated: psycopg.Connection) -> None:
+    """The cache keeps the totals of the last run's as_of day; a write to that day since
+    makes the next run read it from the rows again."""
+    conn = calibrated
+    day = AS_OF - timedelta(days=1)
+    categorize(conn, day)
+    # A changed metric, a new player with that day only, and a player gone from it.
+    conn.execute("UPDATE segmentation.player_activity SET metrics = '{\"sessions\": 70}'"
+                 " WHERE game_id = 'g1' AND activity_date = %s AND player_id ="
+                 " (SELECT min(player_id) FROM segmentation.player_activity"
+                 "  WHERE game_id = 'g1' AND activity_date = %s)", (day, day))
+    conn.execute("INSERT INTO segmentation.player_activity VALUES ('g1', 'newcomer', %s,"
+                 " '{\"sessions\": 3}')", (day,))
+    conn.execute("DELETE FROM segmentation.player_activity WHERE game_id = 'g1'"
+                 " AND activity_date = %s AND player_id = (SELECT max(player_id)"
+                 " FROM segmentation.player_activity WHERE game_id = 'g1'"
+                 " AND activity_date = %s)", (day, day))
+    assert categorize(conn, AS_OF)["window_cache"]["reason"] == "1 day(s) advanced"
+    # Not written since: the same as_of again and the next day take it from the cache,
+    # the player active on that day only included.
+    conn.execute("INSERT INTO segmentation.player_activity VALUES ('g1', 'one_day', %s,"
+                 " '{\"sessions\": 5, \"minutes_played\": 30}')", (AS_OF,))
+    assert categorize(conn, AS_OF)["window_cache"]["reason"] == "0 day(s) advanced"
+    assert categorize(conn, AS_OF)["window_cache"]["reason"] == \
+        f"0 day(s) advanced, {AS_OF} from the cache"
+    nxt = AS_OF + timedelta(days=1)
+    assert categorize(conn, nxt)["window_cache"]["reason"] == \
+        f"1 day(s) advanced, {AS_OF} from the cache"
+    assert conn.execute("SELECT membership IS NOT NULL FROM segmentation.player_current_segment"
+                        " WHERE game_id = 'g1' AND player_id = 'one_day'").fetchone() == (True,)
+    assert categorize(conn, nxt + timedelta(days=2))["window_cache"]["reason"] == \
+        f"2 day(s) advanced, {nxt} from the cache"
 
 
 def test_a_write_that_races_a_run_makes_the_next_run_rebuild(

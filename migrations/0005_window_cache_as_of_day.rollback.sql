@@ -1,0 +1,2 @@
+-- depends: 0004_window_cache
+ALTER TABLE segmentation.window_cache DROP COLUMN IF EXISTS as_of_totals;
