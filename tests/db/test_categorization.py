@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import psycopg
 import pytest
@@ -75,6 +76,40 @@ def test_batch_agrees_with_calibration_and_single_calls(calibrated: psycopg.Conn
     assert summary[0] == 2500 and summary[1] == pytest.approx(2500)
 
 
+def summary_rows(conn: psycopg.Connection) -> dict[tuple[int, int], tuple[Any, ...]]:
+    return {(r[0], r[1]): r[2:] for r in conn.execute(
+        "SELECT taxonomy_id, segment_id, players, fuzzy_size, anomalies, mean_membership,"
+        " share, fuzzy_share, is_active FROM segmentation.segment_summary")}
+
+
+def assert_summary_matches_views(conn: psycopg.Connection,
+                                 summary: dict[tuple[int, int], tuple[Any, ...]],
+                                 taxonomy_id: int, *, segments: int, active: bool) -> None:
+    """segment_summary's rows of ``taxonomy_id`` against the same figures computed from
+    player_memberships_long and player_current_segment (2500 players)."""
+    oracle = {(r[0], r[1]): r[2:] for r in conn.execute(
+        "SELECT l.taxonomy_id, l.segment_id, count(*) FILTER (WHERE l.is_primary),"
+        " sum(l.degree), count(*) FILTER (WHERE l.is_primary AND c.is_anomaly),"
+        " avg(l.degree) FILTER (WHERE l.is_primary),"
+        " count(*) FILTER (WHERE l.is_primary) / 2500.0, sum(l.degree) / 2500.0"
+        " FROM segmentation.player_memberships_long l"
+        " JOIN segmentation.player_current_segment c USING (game_id, player_id)"
+        " WHERE l.taxonomy_id = %s GROUP BY l.taxonomy_id, l.segment_id", (taxonomy_id,))}
+    assert {k for k in summary if k[0] == taxonomy_id} == oracle.keys()
+    assert len(oracle) == segments
+    for key, (players, fuzzy, anomalies, mean, share, fuzzy_share) in oracle.items():
+        got = summary[key]
+        assert got[0] == players and got[2] == anomalies, key
+        assert got[1] == pytest.approx(float(fuzzy), rel=1e-12, abs=1e-12), key
+        if mean is None:
+            assert got[3] is None, key
+        else:
+            assert got[3] == pytest.approx(float(mean), rel=1e-12), key
+        assert got[4] == pytest.approx(float(share), rel=1e-12), key
+        assert got[5] == pytest.approx(float(fuzzy_share), rel=1e-12, abs=1e-12), key
+        assert got[6] is active, key
+
+
 def test_segment_summary_matches_the_per_player_views(calibrated: psycopg.Connection) -> None:
     """Every figure of segment_summary, per taxonomy and segment, against the same figure
     computed from player_memberships_long and player_current_segment - with the players'
@@ -87,31 +122,29 @@ def test_segment_summary_matches_the_per_player_views(calibrated: psycopg.Connec
     # Activating a version refreshes the view: nobody is categorized with it yet.
     new_id = calibrate(conn)["taxonomy_id"]
     assert new_id != old_id
-    summary = {(r[0], r[1]): r[2:] for r in conn.execute(
-        "SELECT taxonomy_id, segment_id, players, fuzzy_size, anomalies, mean_membership,"
-        " share, fuzzy_share, is_active FROM segmentation.segment_summary")}
-    oracle = {(r[0], r[1]): r[2:] for r in conn.execute(
-        "SELECT l.taxonomy_id, l.segment_id, count(*) FILTER (WHERE l.is_primary),"
-        " sum(l.degree), count(*) FILTER (WHERE l.is_primary AND c.is_anomaly),"
-        " avg(l.degree) FILTER (WHERE l.is_primary),"
-        " count(*) FILTER (WHERE l.is_primary) / 2500.0, sum(l.degree) / 2500.0"
-        " FROM segmentation.player_memberships_long l"
-        " JOIN segmentation.player_current_segment c USING (game_id, player_id)"
-        " GROUP BY l.taxonomy_id, l.segment_id")}
+    summary = summary_rows(conn)
     assert {t for t, _ in summary} == {old_id, new_id}
-    assert {k for k in summary if k[0] == old_id} == oracle.keys() and len(oracle) == 7
-    for key, (players, fuzzy, anomalies, mean, share, fuzzy_share) in oracle.items():
-        got = summary[key]
-        assert got[0] == players and got[2] == anomalies, key
-        assert got[1] == pytest.approx(float(fuzzy), rel=1e-12), key
-        assert got[3] == pytest.approx(float(mean), rel=1e-12), key
-        assert got[4] == pytest.approx(float(share), rel=1e-12), key
-        assert got[5] == pytest.approx(float(fuzzy_share), rel=1e-12), key
-        assert got[6] is False, key
+    assert_summary_matches_views(conn, summary, old_id, segments=7, active=False)
     new_rows = [v for k, v in summary.items() if k[0] == new_id]
     assert new_rows and all(v == (0, 0, 0, None, 0, 0, True) for v in new_rows), new_rows
     # Fuzzy sizes differ from crisp counts: the degrees are not all 0 or 1.
     assert any(abs(v[1] - v[0]) > 1e-6 for k, v in summary.items() if k[0] == old_id)
+
+
+def test_segment_summary_of_a_taxonomy_with_many_segments(
+        calibrated: psycopg.Connection) -> None:
+    """Degree sums past the view's 16 positional sums come from its second pass."""
+    conn = calibrated
+    taxonomy_id = calibrate(conn, n_segments=20)["taxonomy_id"]
+    conn.execute("SELECT segmentation.categorize_all('g1', %s)", (AS_OF,))
+    summary = summary_rows(conn)
+    assert_summary_matches_views(conn, summary, taxonomy_id, segments=20, active=True)
+    positions = conn.execute("SELECT array_position(segment_order, s.segment_id)"
+                             " FROM segmentation.game_behavioral_taxonomy t"
+                             " JOIN segmentation.segment_summary s USING (taxonomy_id)"
+                             " WHERE t.taxonomy_id = %s AND s.fuzzy_size > 0",
+                             (taxonomy_id,)).fetchall()
+    assert max(p for (p,) in positions) > 16
 
 
 def test_history_and_transitions_after_changed_data(calibrated: psycopg.Connection) -> None:
