@@ -775,32 +775,28 @@ def categorize_all(plpy: Any, GD: dict, game_id: str, as_of: str | None) -> str:
     t3 = time.perf_counter()
     params = ["text", "int8", "date", "int8"]
     args = [game_id, active_id, as_of, run_id]
-    # One pass over the batch and the current rows refreshes in place the rows of the
-    # players who stay (same taxonomy and segment) and collects the others: movers, with
-    # the current row they leave (looked up one by one: a handful per night), and new
-    # players (NULL). Closing and inserting then touch only those. The lookup reads the
-    # rows as they were before the refresh (one snapshot for the whole statement).
+    # One pass over the batch and the current rows finds the players who move (to
+    # another segment or taxonomy, with where they come from) and the new ones (no
+    # current row: NULL from). Closing and inserting then touch only those players.
     population.create_temp_table(plpy, "segmentation_moves",
                                  "player_id text, taxonomy_id int8, segment_id int4")
     plpy.execute(plpy.prepare(
-        "WITH refreshed AS (UPDATE segmentation.player_segment_memberships m"
-        " SET membership = b.membership, memberships = b.memberships,"
-        " axis_scores = b.axis_scores, anomaly_score = b.anomaly_score,"
-        " is_anomaly = b.is_anomaly, as_of = $3, run_id = $4"
-        " FROM pg_temp.segmentation_batch b WHERE m.game_id = $1 AND m.player_id = b.player_id"
-        " AND m.valid_to IS NULL AND m.taxonomy_id = $2 AND m.segment_id = b.segment_id"
-        " RETURNING m.player_id)"
-        " INSERT INTO pg_temp.segmentation_moves SELECT b.player_id, c.taxonomy_id, c.segment_id"
-        " FROM pg_temp.segmentation_batch b LEFT JOIN LATERAL (SELECT m.taxonomy_id,"
-        "  m.segment_id FROM segmentation.player_segment_memberships m WHERE m.game_id = $1"
-        "  AND m.player_id = b.player_id AND m.valid_to IS NULL LIMIT 1) c ON true"
-        " WHERE NOT EXISTS (SELECT 1 FROM refreshed r WHERE r.player_id = b.player_id)",
-        params), args)
+        "INSERT INTO pg_temp.segmentation_moves SELECT b.player_id, m.taxonomy_id, m.segment_id"
+        " FROM pg_temp.segmentation_batch b LEFT JOIN segmentation.player_segment_memberships m"
+        " ON m.game_id = $1 AND m.player_id = b.player_id AND m.valid_to IS NULL"
+        " WHERE m.player_id IS NULL OR m.taxonomy_id <> $2 OR m.segment_id <> b.segment_id",
+        ["text", "int8"]), [game_id, active_id])
     plpy.execute("ANALYZE pg_temp.segmentation_moves")
     changed = plpy.execute(plpy.prepare(
         "UPDATE segmentation.player_segment_memberships m SET valid_to = now()"
         " FROM pg_temp.segmentation_moves v WHERE m.game_id = $1 AND m.player_id = v.player_id"
         " AND m.valid_to IS NULL AND v.segment_id IS NOT NULL", ["text"]), [game_id]).nrows()
+    plpy.execute(plpy.prepare(
+        "UPDATE segmentation.player_segment_memberships m SET membership = b.membership,"
+        " memberships = b.memberships, axis_scores = b.axis_scores,"
+        " anomaly_score = b.anomaly_score, is_anomaly = b.is_anomaly, as_of = $3, run_id = $4"
+        " FROM pg_temp.segmentation_batch b WHERE m.game_id = $1 AND m.player_id = b.player_id"
+        " AND m.valid_to IS NULL AND m.taxonomy_id = $2", params), args)
     # Every new current row is a move: from the row closed above, or from nothing (a
     # player's first categorization). segment_transitions reads these counts.
     moves = plpy.execute(plpy.prepare(
