@@ -331,12 +331,13 @@ def main() -> int:
         " or refreshes views. Ratio = baseline time / system time (above 1: the system is"
         " faster). The first run aggregates every player's window and keeps the aggregates"
         " (the window cache). The second run repeats categorize_all on the same data and"
-        " as_of: every current row is refreshed in place, which is what each nightly run"
-        " pays for history. *Next day*: one more day of activity is inserted (a copy of the"
-        " same weekday's rows a week before, table below), then categorize_all and the"
-        " pipeline run at as_of + 1 day; categorize_all reads the day that entered the"
-        " cached days, the day that left the window and the as_of day, and the pipeline"
-        " exports the whole window as before.")
+        " as_of (its as_of day comes from the cache, no activity is read): every current row"
+        " is refreshed in place, which is what each nightly run pays for history. *Next"
+        " day*: one more day of activity is inserted (a copy of the same weekday's rows a"
+        " week before, table below), then categorize_all and the pipeline run at as_of + 1"
+        " day; categorize_all reads the day that left the window and the new as_of day (the"
+        " day that entered the cached days, the last as_of, comes from the cache), and the"
+        " pipeline exports the whole window as before.")
     say()
     say("| players | run | categorize_all | features / scoring / staging / history / views"
         " | backend peak private (resident) | pipeline, minimal | speed-up"

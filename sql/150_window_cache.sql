@@ -134,3 +134,5 @@ COMMENT ON COLUMN segmentation.window_cache.days IS
     'Active days, lookback_days - 1 bits: bit i (from the left, 0-based) is cached_through - i.';
 COMMENT ON COLUMN segmentation.activity_changes.player_id IS
     'Player whose written day the game''s cache held or had just let go (within two cached spans before cached_through); NULL otherwise.';
+COMMENT ON TABLE segmentation.window_cache IS
+    'Per-player aggregates of the cached days of a game''s window and of the last run''s as_of day (see window_cache_state); rebuilt from player_activity when in doubt.';
