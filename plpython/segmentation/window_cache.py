@@ -81,7 +81,8 @@ def stage(plpy: Any, game_id: str, as_of: str, recipe: FeatureRecipe) -> Refresh
     The population table (:data:`population.POPULATION_TABLE`) gets the columns
     player_id, c1..c(3 + m): active_days, days_since_last, tenure_days and the m metric
     totals, as :func:`features.activity_aggregate_sql` computes them over the window
-    (and, for the cache, ``days`` and ``totals`` of the cached days).
+    (and, for the cache, ``days`` and ``totals`` of the cached days and ``fresh``, the
+    as_of day's totals).
     """
     lookback, metrics = int(recipe.lookback_days or 0), list(recipe.metrics)
     kept = lookback - 1  # cached days: the window without its as_of day
@@ -122,7 +123,8 @@ def stage(plpy: Any, game_id: str, as_of: str, recipe: FeatureRecipe) -> Refresh
     rows = plpy.execute(plpy.prepare(
         "SELECT to_char(cached_through, 'YYYY-MM-DD') AS cached_through,"
         " to_char(built_through, 'YYYY-MM-DD') AS built_through, lookback_days, metrics,"
-        " players FROM segmentation.window_cache_state WHERE game_id = $1 FOR UPDATE",
+        " players, holds_as_of_day FROM segmentation.window_cache_state WHERE game_id = $1"
+        " FOR UPDATE",
         ["text"]), [game_id])
     state = rows[0] if rows else None
     if state is not None and through < date.fromisoformat(state["cached_through"]):
@@ -156,9 +158,10 @@ def stage(plpy: Any, game_id: str, as_of: str, recipe: FeatureRecipe) -> Refresh
         if n_dirty > MAX_DIRTY_SHARE * max(int(state["players"]), 1):
             reason = f"{n_dirty} players with written cached days"
         else:
-            # The last run's as_of day, as that run read it, unless written since.
+            # The last run's as_of day, as that run read it, unless written since (or the
+            # cache was written by a version that did not keep it).
             day = cached + timedelta(days=1)
-            reuse = not plpy.execute(plpy.prepare(
+            reuse = bool(state["holds_as_of_day"]) and not plpy.execute(plpy.prepare(
                 f"SELECT EXISTS (SELECT 1 FROM {CHANGES_TABLE} WHERE activity_date = $1)"
                 " AS written", ["date"]), [day.isoformat()])[0]["written"]
             n = _advance(plpy, game_id, cached, through, a, kept, metrics, n_dirty, reuse)
@@ -359,9 +362,11 @@ def _save(plpy: Any, game_id: str, through: date, lookback: int, metrics: list[s
         ["text"]), [game_id]).nrows()
     plpy.execute(plpy.prepare(
         "INSERT INTO segmentation.window_cache_state (game_id, cached_through, built_through,"
-        " lookback_days, metrics, players) VALUES ($1, $2, $3, $4, $5, $6)"
+        " lookback_days, metrics, players, holds_as_of_day)"
+        " VALUES ($1, $2, $3, $4, $5, $6, true)"
         " ON CONFLICT (game_id) DO UPDATE SET cached_through = excluded.cached_through,"
         " built_through = excluded.built_through, lookback_days = excluded.lookback_days,"
-        " metrics = excluded.metrics, players = excluded.players, updated_at = now()",
+        " metrics = excluded.metrics, players = excluded.players, holds_as_of_day = true,"
+        " updated_at = now()",
         ["text", "date", "date", "int4", "text[]", "int8"]),
         [game_id, through.isoformat(), built.isoformat(), lookback, metrics, n])

@@ -160,8 +160,18 @@ def test_the_last_runs_as_of_day_is_read_again_once_written(
         f"1 day(s) advanced, {AS_OF} from the cache"
     assert conn.execute("SELECT membership IS NOT NULL FROM segmentation.player_current_segment"
                         " WHERE game_id = 'g1' AND player_id = 'one_day'").fetchone() == (True,)
-    assert categorize(conn, nxt + timedelta(days=2))["window_cache"]["reason"] == \
+    later = nxt + timedelta(days=2)
+    conn.execute("INSERT INTO segmentation.player_activity VALUES ('g1', 'later', %s,"
+                 " '{\"sessions\": 2}'), ('g1', 'p0000007', %s, '{\"sessions\": 6}')"
+                 " ON CONFLICT DO NOTHING", (later, later))
+    assert categorize(conn, later)["window_cache"]["reason"] == \
         f"2 day(s) advanced, {nxt} from the cache"
+    # A cache written by a version without the day's totals (say, by a run of the old
+    # version still going during an upgrade) is not read for them.
+    conn.execute("UPDATE segmentation.window_cache SET as_of_totals = NULL")
+    conn.execute("UPDATE segmentation.window_cache_state SET holds_as_of_day = false")
+    assert categorize(conn, later + timedelta(days=1))["window_cache"]["reason"] == \
+        "1 day(s) advanced"
 
 
 def test_a_write_that_races_a_run_makes_the_next_run_rebuild(
