@@ -199,6 +199,28 @@ def test_a_write_that_races_a_run_makes_the_next_run_rebuild(
         " the cache", "recomputed_players": 0}
 
 
+def test_a_write_to_the_kept_as_of_day_that_races_a_run_makes_the_next_run_rebuild(
+        calibrated: psycopg.Connection, dsn: str) -> None:
+    """The same race on the last run's as_of day, which the next run takes from the cache:
+    that run cannot see the uncommitted write, and the note it leaves names no player."""
+    conn = calibrated
+    day = AS_OF - timedelta(days=1)
+    categorize(conn, day)
+    with psycopg.connect(dsn) as writer:
+        writer.execute(
+            "UPDATE segmentation.player_activity SET metrics = '{\"sessions\": 90}'"
+            " WHERE game_id = 'g1' AND activity_date = %s AND player_id IN"
+            " (SELECT player_id FROM segmentation.player_activity WHERE game_id = 'g1'"
+            "  AND activity_date = %s ORDER BY player_id LIMIT 5)", (day, day))
+        with psycopg.connect(dsn, autocommit=True) as batch:
+            assert categorize(batch, AS_OF)["window_cache"]["reason"] == \
+                f"1 day(s) advanced, {day} from the cache"
+        writer.commit()
+    assert categorize(conn, AS_OF)["window_cache"] == {
+        "mode": "rebuilt", "reason": "cached days were written while a run was building"
+        " the cache", "recomputed_players": 0}
+
+
 def test_many_changed_players_or_a_truncate_rebuild(calibrated: psycopg.Connection) -> None:
     conn = calibrated
     categorize(conn, AS_OF - timedelta(days=1))
