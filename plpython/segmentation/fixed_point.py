@@ -1,10 +1,14 @@
 """Float rows handed from PL/Python to SQL as integers scaled by a power of two.
 
-PL/Python passes each float in a query parameter through its decimal text (Python's
-repr, then float8in): about 0.8 µs per value, which made staging the scores the
-largest part of categorize_all at 1M players. An int8 goes about three times faster.
-So a row of floats travels as integers, ``rint(x * 2**(BITS - e))``, with one exponent
-``e`` per row (``max|x| < 2**e``); SQL multiplies each back by ``2**(e - BITS)``.
+PL/Python passes each element of an array parameter through its decimal text (str,
+then the type's input function): about 0.6 µs per float8 and 0.18 µs per int8, which
+made staging the scores the largest part of categorize_all at 1M players. So a row of
+floats travels as integers, ``rint(x * 2**(BITS - e))``, with one exponent ``e`` per
+row (``max|x| < 2**e``); SQL multiplies each back by ``2**(e - BITS)``. And the
+integers of a whole chunk travel as one ``bit varying`` parameter (:func:`bit_string`,
+64 bits per integer, parsed from hex in one call); SQL takes each out with
+``substring(...)::bit(64)::int8`` (:func:`field_sql`). Measured on 50,000 rows of 11
+values: 0.09 s against 0.17 s for an int8[] parameter and its subscripts.
 
 Precision: with its own exponent, the row's largest magnitude keeps BITS (62)
 significant bits, more than a float8 holds, so it and every value within a factor
@@ -50,16 +54,39 @@ def encode(rows: np.ndarray, exponents: np.ndarray | int) -> np.ndarray:
     return scaled.astype(np.int64)
 
 
+# Fields one bit string may hold: SQL addresses its bits with int4 positions.
+MAX_FIELDS = (2**31 - 1) // 64
+
+
+def bit_string(ints: np.ndarray) -> str:
+    """The int64 values of ``ints`` in row-major order as the text of a SQL ``bit varying``.
+
+    ``x`` then their big-endian two's complement hex: field ``i`` (0-based) is bits
+    ``64 i + 1`` to ``64 i + 64``, read back by :func:`field_sql`.
+    """
+    if ints.size > MAX_FIELDS:
+        raise ValueError(f"at most {MAX_FIELDS} values fit in one bit string")
+    return "x" + np.ascontiguousarray(ints, dtype=">i8").tobytes().hex()
+
+
+def field_sql(bits: str, index: str) -> str:
+    """SQL int8 of field ``index`` (a 0-based SQL integer expression) of ``bits``.
+
+    ``bits`` is a SQL ``bit varying`` expression built by :func:`bit_string`.
+    """
+    return f"substring({bits} FROM ({index}) * 64 + 1 FOR 64)::bit(64)::int8"
+
+
 def scale_sql(exponent: str) -> str:
     """SQL float8 ``2**(e - BITS)`` for the SQL integer expression ``exponent``."""
     return f"(2.0::float8 ^ ({exponent} - {BITS}))"
 
 
-def row_sql(values: str, first: str, width: int, scale: str) -> str:
-    """SQL float8[] of ``width`` values of the int8[] ``values`` from index ``first`` on.
+def row_sql(bits: str, first: str, width: int, scale: str) -> str:
+    """SQL float8[] of the ``width`` fields of ``bits`` from field ``first`` on, scaled.
 
-    ``first`` (1-based) and ``scale`` (see scale_sql) are SQL expressions; ``width``
-    is an int written into the text.
+    ``first`` (0-based, see :func:`field_sql`) and ``scale`` (see :func:`scale_sql`) are
+    SQL expressions; ``width`` is an int written into the text.
     """
     return "ARRAY[" + ", ".join(
-        f"{values}[{first} + {j}]::float8 * {scale}" for j in range(int(width))) + "]"
+        f"{field_sql(bits, f'{first} + {j}')}::float8 * {scale}" for j in range(int(width))) + "]"

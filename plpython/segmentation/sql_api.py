@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 import segmentation
-from segmentation import fixed_point, population, taxonomy_store, window_cache
+from segmentation import batch_rows, population, taxonomy_store, window_cache
 from segmentation.errors import (
     BatchSlotsExhausted,
     InvalidArgument,
@@ -712,29 +712,11 @@ def categorize_all(plpy: Any, GD: dict, game_id: str, as_of: str | None) -> str:
     timings["features"] = time.perf_counter() - t0
     _log(plpy, run_id, f"categorizing {n} players of {game_id!r} with taxonomy {active_id}")
 
-    population.create_temp_table(
-        plpy, "segmentation_batch", "player_id text, segment_id int, membership float8,"
-        " memberships float8[], axis_scores float8[], anomaly_score float8, is_anomaly bool")
+    population.create_temp_table(plpy, "segmentation_batch", batch_rows.COLUMNS)
     k, d = taxonomy.segments.n_segments, taxonomy.axes.n_axes
-    # Floats travel as fixed point (fixed_point: about 3x faster than PL/Python's float
-    # hand-off): degrees with the fixed exponent 1, axis and anomaly scores with one
-    # exponent per player. unnest, not $1[i]: subscripting a text[] walks it from the
-    # start (quadratic per chunk); subscripting the fixed-width int8[] arrays is direct.
-    # OFFSET 0 keeps each row's scales computed once, not once per value.
-    degree = fixed_point.scale_sql("1")
-    insert = plpy.prepare(
-        "INSERT INTO pg_temp.segmentation_batch SELECT u.player_id, u.segment_id,"
-        f" $4[(u.i - 1) * {k} + u.primary_pos]::float8 * {degree},"
-        f" {fixed_point.row_sql('$4', f'(u.i - 1) * {k} + 1', k, degree)},"
-        f" {fixed_point.row_sql('$5', f'(u.i - 1) * {d} + 1', d, 'u.axis_scale')},"
-        " u.anomaly_score::float8 * u.anomaly_scale, u.is_anomaly FROM (SELECT u.*,"
-        f" {fixed_point.scale_sql('u.axis_exponent')} AS axis_scale,"
-        f" {fixed_point.scale_sql('u.anomaly_exponent')} AS anomaly_scale"
-        " FROM unnest($1, $2, $3, $6, $7, $8, $9) WITH ORDINALITY AS u(player_id, segment_id,"
-        " primary_pos, anomaly_score, is_anomaly, axis_exponent, anomaly_exponent, i)"
-        " OFFSET 0) u",
-        ["text[]", "int4[]", "int4[]", "int8[]", "int8[]", "int8[]", "bool[]", "int4[]",
-         "int4[]"])
+    insert = plpy.prepare(batch_rows.insert_sql(k, d), ["text[]", "bit varying", "int4[]"])
+    segment_ids = [int(i) for i in taxonomy.segment_ids]
+    per_call = batch_rows.rows_per_call(k, d)
     done, anomalies, t_score, t_write = 0, 0, 0.0, 0.0
     counts = np.zeros(k, dtype=np.int64)
     names = recipe.feature_names
@@ -755,16 +737,9 @@ def categorize_all(plpy: Any, GD: dict, game_id: str, as_of: str | None) -> str:
         kept.append((s.prepared[keep], s.axis_scores[keep], s.segment_id[keep],
                      s.anomaly.is_anomaly[keep]))
         t2 = time.perf_counter()
-        axis_exponents = fixed_point.row_exponents(s.axis_scores)
-        anomaly = s.anomaly.score[:, None]
-        anomaly_exponents = fixed_point.row_exponents(anomaly)
-        plpy.execute(insert, [
-            ids, s.segment_id.tolist(), (s.primary + 1).tolist(),
-            fixed_point.encode(s.posteriors, 1).ravel().tolist(),
-            fixed_point.encode(s.axis_scores, axis_exponents).ravel().tolist(),
-            fixed_point.encode(anomaly, anomaly_exponents).ravel().tolist(),
-            s.anomaly.is_anomaly.tolist(), axis_exponents.tolist(),
-            anomaly_exponents.tolist()])
+        for first in range(0, len(ids), per_call):
+            rows = slice(first, first + per_call)
+            plpy.execute(insert, [*batch_rows.parameters(ids[rows], s, rows), segment_ids])
         t_write += time.perf_counter() - t2
         t_score += t2 - t1
         done += len(ids)

@@ -63,7 +63,25 @@ def test_values_beyond_the_fixed_exponent_are_refused() -> None:
         fixed_point.encode(np.array([[2.5]]), 1)
 
 
-def test_row_sql_names_each_value() -> None:
-    sql = fixed_point.row_sql("$4", "(u.i - 1) * 3 + 1", 3, fixed_point.scale_sql("u.e"))
-    assert sql.count("$4[(u.i - 1) * 3 + 1 + ") == 3
-    assert "(2.0::float8 ^ (u.e - 62))" in sql
+def test_bit_string_holds_each_integer_in_64_bits_in_row_major_order() -> None:
+    ints = np.array([[0, -1, 2**62], [-(2**63), 2**63 - 1, 5]], dtype=np.int64)
+    text = fixed_point.bit_string(ints)
+    assert text.startswith("x") and len(text) == 1 + 6 * 16
+    fields = [int(text[1 + 16 * i:17 + 16 * i], 16) for i in range(6)]
+    as_signed = [f - 2**64 if f >= 2**63 else f for f in fields]
+    assert as_signed == ints.ravel().tolist()
+
+
+def test_bit_string_refuses_more_fields_than_sql_can_address(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fixed_point, "MAX_FIELDS", 4)
+    fixed_point.bit_string(np.zeros(4, dtype=np.int64))
+    with pytest.raises(ValueError, match="bit string"):
+        fixed_point.bit_string(np.zeros(5, dtype=np.int64))
+
+
+def test_row_sql_reads_consecutive_fields() -> None:
+    sql = fixed_point.row_sql("$2", "u.base + 1", 3, fixed_point.scale_sql("u.e"))
+    for j in range(3):
+        assert f"substring($2 FROM (u.base + 1 + {j}) * 64 + 1 FOR 64)::bit(64)::int8" in sql
+    assert sql.count("(2.0::float8 ^ (u.e - 62))") == 3

@@ -45,29 +45,34 @@ def test_batch_agrees_with_calibration_and_single_calls(calibrated: psycopg.Conn
                               " JOIN segmentation.game_behavioral_taxonomy t USING (taxonomy_id)"
                               " WHERE t.is_active").fetchall())
     assert result["segments"] == sizes  # same math as calibration
-    # Every stored float (sent to SQL as fixed point) against the single-player path.
-    sample = conn.execute(
-        "SELECT m.player_id, m.segment_id, m.membership, m.anomaly_score,"
+    # Every stored value (staged through batch_rows' bit string) of every player against
+    # the single-player path.
+    rows = conn.execute(
+        "SELECT m.player_id, m.segment_id, m.membership, m.anomaly_score, m.is_anomaly,"
         " (SELECT jsonb_object_agg(s.name, m.memberships[o.pos]) FROM"
         "  unnest(t.segment_order) WITH ORDINALITY o(segment_id, pos)"
         "  JOIN segmentation.segment_definitions s ON s.taxonomy_id = t.taxonomy_id"
         "  AND s.segment_id = o.segment_id),"
         " (SELECT jsonb_object_agg(a.name, m.axis_scores[a.axis_index])"
-        "  FROM segmentation.behavioral_axes a WHERE a.taxonomy_id = t.taxonomy_id)"
+        "  FROM segmentation.behavioral_axes a WHERE a.taxonomy_id = t.taxonomy_id),"
+        " c.segment_id, c.membership, c.anomaly_score, c.is_anomaly, c.memberships,"
+        " c.axis_scores"
         " FROM segmentation.player_segment_memberships m"
         " JOIN segmentation.game_behavioral_taxonomy t USING (taxonomy_id)"
-        " WHERE m.valid_to IS NULL ORDER BY m.player_id LIMIT 50").fetchall()
-    for player, segment, membership, anomaly, degrees, axes in sample:
-        single = conn.execute("SELECT segment_id, membership, anomaly_score, memberships,"
-                              " axis_scores FROM segmentation.categorize_player('g1', %s, %s)",
-                              (player, AS_OF)).fetchone()
-        assert single[0] == segment
+        " CROSS JOIN LATERAL segmentation.categorize_player('g1', m.player_id, %s) c"
+        " WHERE m.valid_to IS NULL", (AS_OF,)).fetchall()
+    assert len(rows) == 2500
+    assert any(r[4] for r in rows) and not all(r[4] for r in rows)
+    assert len({r[1] for r in rows}) == len(sizes)
+    for (player, segment, membership, anomaly, flagged, degrees, axes,
+         *single) in rows:
+        assert (single[0], single[3]) == (segment, flagged), player
         assert single[1] == pytest.approx(membership, rel=1e-9, abs=1e-12)
         assert single[2] == pytest.approx(anomaly, rel=1e-9)
-        assert degrees.keys() == single[3].keys()
+        assert degrees.keys() == single[4].keys()
         for name, degree in degrees.items():
-            assert single[3][name] == pytest.approx(degree, rel=1e-9, abs=1e-12), name
-        assert single[4] == pytest.approx(axes, rel=1e-9, abs=1e-12)
+            assert single[4][name] == pytest.approx(degree, rel=1e-9, abs=1e-12), name
+        assert single[5] == pytest.approx(axes, rel=1e-9, abs=1e-12)
     sums = conn.execute("SELECT min(s), max(s) FROM (SELECT sum(degree) s FROM"
                         " segmentation.player_memberships_long GROUP BY player_id) x").fetchone()
     assert sums[0] == pytest.approx(1) and sums[1] == pytest.approx(1)
