@@ -669,15 +669,17 @@ BATCH_CHUNK = 50_000
 
 
 def _stage_window(plpy: Any, game_id: str, as_of: str, recipe: FeatureRecipe
-                  ) -> tuple[int, dict[str, Any] | None]:
+                  ) -> tuple[int, dict[str, Any] | None, population.RowFormat | None]:
     """Stage the window's features (activity windows through the window cache).
 
-    Returns the players staged and, for an activity recipe, what the cache did.
+    Returns the players staged, for an activity recipe what the cache did, and how to
+    read the staged table (None: population.stored_format).
     """
     if recipe.kind != "activity":
-        return population.stage_window(plpy, game_id, as_of, recipe), None
+        return population.stage_window(plpy, game_id, as_of, recipe), None, None
     refresh = window_cache.stage(plpy, game_id, as_of, recipe)
-    return population.require_players(game_id, as_of, refresh.players), refresh.to_dict()
+    return (population.require_players(game_id, as_of, refresh.players), refresh.to_dict(),
+            refresh.row_format)
 
 
 def _acquire_batch_slot(plpy: Any, game_id: str, max_slots: int) -> int:
@@ -708,7 +710,7 @@ def categorize_all(plpy: Any, GD: dict, game_id: str, as_of: str | None) -> str:
     taxonomy, recipe, doc = taxonomy_store.load(plpy, active_id)
     run_id = _start_run(plpy, "categorize_all", game_id, {"as_of": as_of, "slot": slot})
     timings: dict[str, float] = {}
-    n, window = _stage_window(plpy, game_id, as_of, recipe)
+    n, window, fmt = _stage_window(plpy, game_id, as_of, recipe)
     timings["features"] = time.perf_counter() - t0
     _log(plpy, run_id, f"categorizing {n} players of {game_id!r} with taxonomy {active_id}")
 
@@ -727,7 +729,7 @@ def categorize_all(plpy: Any, GD: dict, game_id: str, as_of: str | None) -> str:
     seed = int(settings["random_seed"]) & 0xFFFFFFFF
     keep_below = min(1.0, settings["calibration_sample_size"] / n) * 2.0**32
     kept: list[tuple[np.ndarray, ...]] = []
-    for ids, X in population.chunks(plpy, recipe, BATCH_CHUNK, n):
+    for ids, X in population.chunks(plpy, recipe, BATCH_CHUNK, n, fmt):
         t1 = time.perf_counter()
         s = taxonomy.score(X, names)
         counts += np.bincount(s.primary, minlength=k)
@@ -830,13 +832,13 @@ def detect_anomalies(plpy: Any, GD: dict, game_id: str, as_of: str | None,
         raise InvalidArgument("as_of must not be NULL", hint="Omit it for current_date.")
     entry = cached_taxonomy(plpy, GD, game_id)
     tax, recipe = entry.taxonomy, entry.recipe
-    n, _ = _stage_window(plpy, game_id, as_of, recipe)
+    n, _, fmt = _stage_window(plpy, game_id, as_of, recipe)
     threshold = 1.0 if min_score is None else float(min_score)
     if threshold != threshold:  # NaN compares false with every score: it would list nobody
         raise InvalidArgument("min_score must not be NaN",
                               hint="Omit it for the calibrated threshold 1.")
     found: list[dict[str, Any]] = []
-    for ids, X in population.chunks(plpy, recipe, BATCH_CHUNK, n):
+    for ids, X in population.chunks(plpy, recipe, BATCH_CHUNK, n, fmt):
         s = tax.score(X, recipe.feature_names)
         for i in np.flatnonzero(s.anomaly.score >= threshold):
             kind = str(s.anomaly.kind[i])
@@ -862,10 +864,10 @@ def taxonomy_drift(plpy: Any, GD: dict, game_id: str, as_of: str | None) -> str:
     entry = cached_taxonomy(plpy, GD, game_id)
     tax, recipe = entry.taxonomy, entry.recipe
     reference = taxonomy_store.load_document(plpy, entry.taxonomy_id)["drift_reference"]
-    n, _ = _stage_window(plpy, game_id, as_of, recipe)
+    n, _, fmt = _stage_window(plpy, game_id, as_of, recipe)
     cap = int(settings["calibration_sample_size"])
     ids, X = population.fetch(plpy, recipe, limit=cap if n > cap else None,
-                              seed=int(settings["random_seed"]))
+                              seed=int(settings["random_seed"]), fmt=fmt)
     s = tax.score(X, recipe.feature_names)
     report = _drift(tax, reference, s.prepared, s.axis_scores, s.segment_id,
                     s.anomaly.is_anomaly, settings)
