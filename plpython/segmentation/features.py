@@ -106,13 +106,13 @@ def metric_keys_sql() -> str:
     )
 
 
-def _value(i: int) -> str:
+def _value(i: int, metrics: str = "$4") -> str:
     # jsonb_typeof + ->> text + float8 is the fastest safe form measured here (about
     # 2x the cost of an unchecked cast); the length guard keeps float8 from overflowing
     # on absurd numbers such as 1e400, which count as invalid instead of failing. A
     # number's text is ASCII, so octet_length equals length without counting UTF-8
     # characters.
-    key = f"$4[{i}]"
+    key = f"{metrics}[{i}]"
     return (f"CASE WHEN jsonb_typeof(a.metrics -> {key}) = 'number'"
             f" AND octet_length(a.metrics ->> {key}) <= {MAX_NUMBER_CHARS}"
             f" THEN (a.metrics ->> {key})::float8 END")
@@ -184,6 +184,22 @@ def days_aggregate_sql(n_metrics: int, *, bits_length: int | None,
         where += f" AND a.player_id IN (SELECT player_id FROM {players_from})"
     return (f"SELECT {', '.join(cols)} FROM segmentation.player_activity a"
             f" WHERE {where} GROUP BY a.player_id")
+
+
+def day_rows_sql(n_metrics: int, *, day: str, metrics: str) -> str:
+    """Each player's row of one day of a game, for the window cache.
+
+    A player has at most one row per day (the primary key), so a one-day span needs no
+    aggregation: columns player_id and ``totals`` (float8[n]: each metric's value if
+    valid, else 0 - what :func:`days_aggregate_sql` sums over one day). Parameters: $1
+    game_id text; ``day`` (date) and ``metrics`` (text[]) name the others, such as "$2".
+    """
+    if not 0 < n_metrics <= MAX_METRICS:
+        raise ValueError(f"n_metrics must be in 1..{MAX_METRICS}")
+    values = ", ".join(f"coalesce({_value(i, metrics)}, 0)" for i in range(1, n_metrics + 1))
+    return (f"SELECT a.player_id, ARRAY[{values}]::float8[] AS totals"
+            f" FROM segmentation.player_activity a"
+            f" WHERE a.game_id = $1 AND a.activity_date = {day}::date")
 
 
 def days_delta_sql(n_metrics: int, *, bits_length: int) -> str:

@@ -1,14 +1,13 @@
 """Load a game's per-player raw features through SPI, in bulk (a thin adapter).
 
-Values travel as one bytea per query (each row packed by a :class:`RowFormat`,
-concatenated by ``string_agg``) and are read with ``numpy.frombuffer``: several times
-faster than PL/Python row dictionaries. Player ids come as one text[] array.
+Values travel as one bytea per query (``float8send`` concatenated by
+``string_agg``) and are read with ``numpy.frombuffer``: several times faster than
+PL/Python row dictionaries. Player ids come as one text[] array.
 """
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,27 +49,6 @@ class Population:
     players_in_window: int
     sampled: bool
     invalid_values: dict[str, int] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class RowFormat:
-    """How Python reads the staged population table.
-
-    ``sql``: a bytea expression packing one row (over its columns); ``decode``: the
-    rows' packed bytes, concatenated, as a float64 array (n, q): the aggregates of an
-    activity recipe (see :func:`features.features_from_aggregates`) or the features of
-    a source recipe.
-    """
-
-    sql: str
-    decode: Callable[[bytes | memoryview | None], np.ndarray]
-
-
-def stored_format(recipe: FeatureRecipe) -> RowFormat:
-    """The format of a table staged here: columns c1..cq, float8 each."""
-    columns = _stored_columns(recipe)
-    return RowFormat(packed_columns_sql(columns), functools.partial(unpack,
-                                                                    n_columns=len(columns)))
 
 
 def registered_source(plpy: Any, game_id: str) -> dict[str, Any] | None:
@@ -267,30 +245,26 @@ def require_players(game_id: str, as_of: str, n: int) -> int:
 
 
 def fetch(plpy: Any, recipe: FeatureRecipe, *, limit: int | None = None,
-          seed: int = 0, fmt: RowFormat | None = None) -> tuple[list[str], np.ndarray]:
+          seed: int = 0) -> tuple[list[str], np.ndarray]:
     """Player ids and raw features (n, p) from the staged population table.
 
     ``limit``: a uniform pseudo-random sample (a seeded hash of the player id orders
-    the rows); otherwise every player, by player id. ``fmt``: how the table was staged
-    (default :func:`stored_format`).
+    the rows); otherwise every player, by player id.
     """
-    fmt = fmt or stored_format(recipe)
     inner = f"SELECT * FROM {POPULATION_TABLE}"
     params: list[Any] = []
     types: list[str] = []
     if limit is not None:
         inner += " ORDER BY md5(player_id || $1::text) LIMIT $2"
         params, types = [str(seed), limit], ["text", "int8"]
-    query = _packed_rows_sql(fmt, inner, "ORDER BY player_id")
+    query = _packed_rows_sql(recipe, inner, "ORDER BY player_id")
     row = (plpy.execute(plpy.prepare(query, types), params) if types else plpy.execute(query))[0]
-    return _unpacked(recipe, fmt, row)
+    return _unpacked(recipe, row)
 
 
-def chunks(plpy: Any, recipe: FeatureRecipe, rows: int, players: int,
-           fmt: RowFormat | None = None) -> Iterator[tuple[list[str], np.ndarray]]:
+def chunks(plpy: Any, recipe: FeatureRecipe, rows: int, players: int
+           ) -> Iterator[tuple[list[str], np.ndarray]]:
     """The staged population (``players`` rows) in chunks of about ``rows`` players.
-
-    ``fmt``: how the table was staged (default :func:`stored_format`).
 
     Each chunk is a range of the table's blocks, read by a TID range scan: sequential
     reads and no index, where pages by player id (an index scan per chunk) read the
@@ -301,23 +275,23 @@ def chunks(plpy: Any, recipe: FeatureRecipe, rows: int, players: int,
         f"SELECT pg_relation_size('{POPULATION_TABLE}')"
         " / current_setting('block_size')::int AS b")[0]["b"])
     step = max(1, -(-blocks * rows // max(players, 1)))
-    fmt = fmt or stored_format(recipe)
     plan = plpy.prepare(_packed_rows_sql(
-        fmt, f"SELECT * FROM {POPULATION_TABLE} WHERE ctid >= format('(%s,0)', $1)::tid"
-             " AND ctid < format('(%s,0)', $2)::tid", ""), ["int8", "int8"])
+        recipe, f"SELECT * FROM {POPULATION_TABLE} WHERE ctid >= format('(%s,0)', $1)::tid"
+                " AND ctid < format('(%s,0)', $2)::tid", ""), ["int8", "int8"])
     for first in range(0, blocks, step):
-        ids, X = _unpacked(recipe, fmt, plpy.execute(plan, [first, first + step])[0])
+        ids, X = _unpacked(recipe, plpy.execute(plan, [first, first + step])[0])
         if ids:
             yield ids, X
 
 
-def _packed_rows_sql(fmt: RowFormat, rows: str, order: str) -> str:
-    """One row: ``ids`` (text[]) and ``data`` (bytea, rows packed by ``fmt``) of ``rows``.
+def _packed_rows_sql(recipe: FeatureRecipe, rows: str, order: str) -> str:
+    """One row: ``ids`` (text[]) and ``data`` (bytea, see packed_columns_sql) of ``rows``.
 
     Both aggregates read the rows in one order (``order``, or the scan's if empty).
     """
     return (f"SELECT array_agg(player_id {order}) AS ids,"
-            f" string_agg({fmt.sql}, ''::bytea {order}) AS data FROM ({rows}) s")
+            f" string_agg({packed_columns_sql(_stored_columns(recipe))}, ''::bytea {order})"
+            f" AS data FROM ({rows}) s")
 
 
 def _stored_columns(recipe: FeatureRecipe) -> list[str]:
@@ -325,10 +299,9 @@ def _stored_columns(recipe: FeatureRecipe) -> list[str]:
     return [f"c{i}" for i in range(1, n_stored + 1)]
 
 
-def _unpacked(recipe: FeatureRecipe, fmt: RowFormat, row: dict[str, Any]
-              ) -> tuple[list[str], np.ndarray]:
+def _unpacked(recipe: FeatureRecipe, row: dict[str, Any]) -> tuple[list[str], np.ndarray]:
     ids = list(row["ids"] or [])
-    data = fmt.decode(row["data"])
+    data = unpack(row["data"], len(_stored_columns(recipe)))
     X = features_from_aggregates(data) if recipe.kind == "activity" else data
     return ids, X
 

@@ -669,17 +669,15 @@ BATCH_CHUNK = 50_000
 
 
 def _stage_window(plpy: Any, game_id: str, as_of: str, recipe: FeatureRecipe
-                  ) -> tuple[int, dict[str, Any] | None, population.RowFormat | None]:
+                  ) -> tuple[int, dict[str, Any] | None]:
     """Stage the window's features (activity windows through the window cache).
 
-    Returns the players staged, for an activity recipe what the cache did, and how to
-    read the staged table (None: population.stored_format).
+    Returns the players staged and, for an activity recipe, what the cache did.
     """
     if recipe.kind != "activity":
-        return population.stage_window(plpy, game_id, as_of, recipe), None, None
+        return population.stage_window(plpy, game_id, as_of, recipe), None
     refresh = window_cache.stage(plpy, game_id, as_of, recipe)
-    return (population.require_players(game_id, as_of, refresh.players), refresh.to_dict(),
-            refresh.row_format)
+    return population.require_players(game_id, as_of, refresh.players), refresh.to_dict()
 
 
 def _acquire_batch_slot(plpy: Any, game_id: str, max_slots: int) -> int:
@@ -710,7 +708,7 @@ def categorize_all(plpy: Any, GD: dict, game_id: str, as_of: str | None) -> str:
     taxonomy, recipe, doc = taxonomy_store.load(plpy, active_id)
     run_id = _start_run(plpy, "categorize_all", game_id, {"as_of": as_of, "slot": slot})
     timings: dict[str, float] = {}
-    n, window, fmt = _stage_window(plpy, game_id, as_of, recipe)
+    n, window = _stage_window(plpy, game_id, as_of, recipe)
     timings["features"] = time.perf_counter() - t0
     _log(plpy, run_id, f"categorizing {n} players of {game_id!r} with taxonomy {active_id}")
 
@@ -729,8 +727,10 @@ def categorize_all(plpy: Any, GD: dict, game_id: str, as_of: str | None) -> str:
     seed = int(settings["random_seed"]) & 0xFFFFFFFF
     keep_below = min(1.0, settings["calibration_sample_size"] / n) * 2.0**32
     kept: list[tuple[np.ndarray, ...]] = []
-    for ids, X in population.chunks(plpy, recipe, BATCH_CHUNK, n, fmt):
+    t_read, t_chunk = 0.0, time.perf_counter()
+    for ids, X in population.chunks(plpy, recipe, BATCH_CHUNK, n):
         t1 = time.perf_counter()
+        t_read += t1 - t_chunk
         s = taxonomy.score(X, names)
         counts += np.bincount(s.primary, minlength=k)
         anomalies += int(s.anomaly.is_anomaly.sum())
@@ -742,11 +742,13 @@ def categorize_all(plpy: Any, GD: dict, game_id: str, as_of: str | None) -> str:
         for first in range(0, len(ids), per_call):
             rows = slice(first, first + per_call)
             plpy.execute(insert, [*batch_rows.parameters(ids[rows], s, rows), segment_ids])
-        t_write += time.perf_counter() - t2
+        t_chunk = time.perf_counter()
+        t_write += t_chunk - t2
         t_score += t2 - t1
         done += len(ids)
         if n > BATCH_CHUNK:
             plpy.notice(f"segmentation run {run_id}: categorized {done}/{n} players")
+    timings["read_features"] = t_read
     timings["score"] = t_score
     timings["stage_results"] = t_write
     t3 = time.perf_counter()
@@ -832,13 +834,13 @@ def detect_anomalies(plpy: Any, GD: dict, game_id: str, as_of: str | None,
         raise InvalidArgument("as_of must not be NULL", hint="Omit it for current_date.")
     entry = cached_taxonomy(plpy, GD, game_id)
     tax, recipe = entry.taxonomy, entry.recipe
-    n, _, fmt = _stage_window(plpy, game_id, as_of, recipe)
+    n, _ = _stage_window(plpy, game_id, as_of, recipe)
     threshold = 1.0 if min_score is None else float(min_score)
     if threshold != threshold:  # NaN compares false with every score: it would list nobody
         raise InvalidArgument("min_score must not be NaN",
                               hint="Omit it for the calibrated threshold 1.")
     found: list[dict[str, Any]] = []
-    for ids, X in population.chunks(plpy, recipe, BATCH_CHUNK, n, fmt):
+    for ids, X in population.chunks(plpy, recipe, BATCH_CHUNK, n):
         s = tax.score(X, recipe.feature_names)
         for i in np.flatnonzero(s.anomaly.score >= threshold):
             kind = str(s.anomaly.kind[i])
@@ -864,10 +866,10 @@ def taxonomy_drift(plpy: Any, GD: dict, game_id: str, as_of: str | None) -> str:
     entry = cached_taxonomy(plpy, GD, game_id)
     tax, recipe = entry.taxonomy, entry.recipe
     reference = taxonomy_store.load_document(plpy, entry.taxonomy_id)["drift_reference"]
-    n, _, fmt = _stage_window(plpy, game_id, as_of, recipe)
+    n, _ = _stage_window(plpy, game_id, as_of, recipe)
     cap = int(settings["calibration_sample_size"])
     ids, X = population.fetch(plpy, recipe, limit=cap if n > cap else None,
-                              seed=int(settings["random_seed"]), fmt=fmt)
+                              seed=int(settings["random_seed"]))
     s = tax.score(X, recipe.feature_names)
     report = _drift(tax, reference, s.prepared, s.axis_scores, s.segment_id,
                     s.anomaly.is_anomaly, settings)

@@ -340,8 +340,7 @@ def test_small_chunks_score_every_player_once(calibrated: psycopg.Connection) ->
     notices: list[str] = []
     conn.add_notice_handler(lambda d: notices.append(d.message_primary or ""))
     again = conn.execute("SELECT segmentation.categorize_all('g1', %s)", (AS_OF,)).fetchone()[0]
-    # Many chunks: a chunk holds at least one block (the 2500 staged rows fill about 18).
-    assert sum("categorized" in m for m in notices) > 10
+    assert sum("categorized" in m for m in notices) > 20  # many chunks
     assert again["players"] == whole["players"] == 2500
     assert again["unchanged"] == 2500 and again["segments"] == whole["segments"]
     assert again["drift"] == whole["drift"]

@@ -15,7 +15,6 @@ from typing import Any
 
 import psycopg
 import pytest
-from segmentation import window_cache
 
 from tests.db.helpers import AS_OF, calibrate, load_population
 
@@ -359,25 +358,3 @@ def test_a_repeatable_read_run_does_not_trust_a_state_changed_since_its_snapshot
         with pytest.raises(psycopg.errors.SerializationFailure):
             run.execute("SELECT segmentation.categorize_all('g1', %s)", (AS_OF,))
     assert categorize(conn, AS_OF)["window_cache"]["reason"] == "no cache"
-
-
-def test_row_format_reads_what_sql_packed(conn: psycopg.Connection) -> None:
-    """The population rows' binary forms, packed by the server, decode to the aggregates
-    of the window: active days, days since the last, tenure, then the metric totals."""
-    fmt = window_cache.row_format(2, 10)
-    buf = conn.execute(
-        f"SELECT string_agg({fmt.sql}, ''::bytea ORDER BY player_id) FROM (VALUES"
-        " ('a', B'0100000001'::bit(10), ARRAY[3.5, 1e-17]::float8[], NULL::float8[]),"
-        # Every cached day left: the rounding left in the totals does not count.
-        " ('b', B'0000000000', ARRAY[1e-17, -2e-17], ARRAY[2.0, 1e-16]),"
-        " ('c', B'1000000000', ARRAY[1.0, 2.0], ARRAY[0.25, 0.0])"
-        ") AS s(player_id, days, totals, fresh)").fetchone()[0]
-    assert fmt.decode(buf).tolist() == [
-        [2.0, 2.0, 11.0, 3.5, 1e-17],
-        [1.0, 0.0, 1.0, 2.0, 1e-16],
-        [2.0, 0.0, 2.0, 1.25, 2.0],
-    ]
-    assert fmt.decode(None).shape == (0, 5)
-    for other in (window_cache.row_format(3, 10), window_cache.row_format(2, 16)):
-        with pytest.raises(ValueError, match="expected layout"):
-            other.decode(buf)
