@@ -712,7 +712,8 @@ def categorize_all(plpy: Any, GD: dict, game_id: str, as_of: str | None) -> str:
     timings["features"] = time.perf_counter() - t0
     _log(plpy, run_id, f"categorizing {n} players of {game_id!r} with taxonomy {active_id}")
 
-    population.create_temp_table(plpy, "segmentation_batch", batch_rows.COLUMNS)
+    population.create_temp_table(plpy, batch_rows.TABLE.removeprefix("pg_temp."),
+                                 batch_rows.COLUMNS)
     k, d = taxonomy.segments.n_segments, taxonomy.axes.n_axes
     insert = plpy.prepare(batch_rows.insert_sql(k, d), ["text[]", "bit varying", "int4[]"])
     segment_ids = [int(i) for i in taxonomy.segment_ids]

@@ -257,20 +257,19 @@ def _advance(plpy: Any, game_id: str, cached: date, through: date, as_of: date, 
 
     ``reuse``: the day after ``cached`` (the last run's as_of day) comes from the
     cache's as_of_totals instead of its rows. The days that entered, the days that left
-    and the as_of day are aggregated together first (each is one day's players, for a
-    nightly run), so that the game's cached players are joined once.
+    and the as_of day are read together first into one delta table (aggregated, or for
+    a run one day later joined by player: each is then one day's players), so that the
+    game's cached players are joined once.
     """
     m = len(metrics)
     shift = (through - cached).days
     zero = f"B'0'::bit({kept})"
     old = ("(SELECT c.player_id, c.days, c.totals, c.as_of_totals"
            " FROM segmentation.window_cache c WHERE c.game_id = $1) o")
-    params = ["text", "date", "date", "text[]", "date", "date", "date"]
     if shift == 0 and reuse:
         # The same as_of again: nothing entered or left, and the as_of day is cached.
         merged = (f"SELECT o.player_id, o.days::bit({kept}) AS days, o.totals,"
                   f" o.as_of_totals AS fresh FROM {old}")
-        args: list[Any] = [game_id, None, None, None, None, None, None]
     else:
         # Only a cached player has days to subtract (a player with expired rows is cached
         # unless dirty, and dirty players are recomputed below).
@@ -281,16 +280,17 @@ def _advance(plpy: Any, game_id: str, cached: date, through: date, as_of: date, 
             for i in range(1, m + 1))
         # shift < kept (else _rebuild_reason rebuilds): the days that left end before the
         # days that entered begin, as days_delta_sql requires.
-        first_added = cached + timedelta(days=1) if reuse else cached
-        args = [game_id, first_added.isoformat(), through.isoformat(), metrics,
-                (cached - timedelta(days=kept)).isoformat(),
-                (through - timedelta(days=kept)).isoformat(), as_of.isoformat()]
         if shift == 1:
             _create_day_delta(plpy, game_id, through, as_of, kept, metrics, reuse)
         else:
+            first_added = cached + timedelta(days=1) if reuse else cached
             plpy.execute(plpy.prepare(
                 f"CREATE TEMP TABLE {DELTA_TABLE.removeprefix('pg_temp.')} ON COMMIT DROP AS"
-                f" {days_delta_sql(m, bits_length=kept)}", params), args)
+                f" {days_delta_sql(m, bits_length=kept)}",
+                ["text", "date", "date", "text[]", "date", "date", "date"]),
+                [game_id, first_added.isoformat(), through.isoformat(), metrics,
+                 (cached - timedelta(days=kept)).isoformat(),
+                 (through - timedelta(days=kept)).isoformat(), as_of.isoformat()])
         # With its true size (the planner's guess for the aggregate is far off) the join
         # below can hash the delta and read the cached players in their stored order; the
         # population, the batch and its history write then mostly follow the order of the
@@ -312,9 +312,10 @@ def _advance(plpy: Any, game_id: str, cached: date, through: date, as_of: date, 
         player = "o.player_id" if shift == 0 and reuse else "coalesce(o.player_id, d.player_id)"
         merged += (f" WHERE NOT EXISTS (SELECT 1 FROM {DIRTY_TABLE} x"
                    f"  WHERE x.player_id = {player})")
+    # The merge reads the delta table; of the parameters, only the game ($1).
     n = plpy.execute(plpy.prepare(
         f"CREATE TEMP TABLE {POPULATION_TABLE.removeprefix('pg_temp.')} ON COMMIT DROP AS"
-        f" {_population_sql(m, merged)}", params), args).nrows()
+        f" {_population_sql(m, merged)}", ["text"]), [game_id]).nrows()
     if not n_dirty:
         return n
     # The dirty players, from their rows.
