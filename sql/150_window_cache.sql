@@ -124,15 +124,50 @@ ALTER TABLE segmentation.player_activity ENABLE ALWAYS TRIGGER log_updated_from;
 ALTER TABLE segmentation.player_activity ENABLE ALWAYS TRIGGER log_deletes;
 ALTER TABLE segmentation.player_activity ENABLE ALWAYS TRIGGER log_truncates;
 
+-- SECURITY DEFINER: a run replaces its game's cache by emptying the game's partition of
+-- window_cache (migration 0006) with TRUNCATE, or creating it on the game's first run.
+-- Both need ownership of the table, and segmentation_admin, who runs categorize_all, has
+-- no DDL or TRUNCATE in the schema. The function does nothing else: the partition's name
+-- is derived from the game (md5, through %I), the game reaches the bound only through %L,
+-- and it also deletes the game's cache state (window_cache_state), so that a call from
+-- anywhere but a run (which writes the state again, window_cache._save) can only make
+-- the next run rebuild. EXECUTE for segmentation_admin only (sql/900_privileges.sql).
+CREATE OR REPLACE FUNCTION segmentation._empty_window_cache(game text)
+RETURNS regclass
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    part text := 'window_cache_' || md5(game);
+    rel regclass := to_regclass(format('segmentation.%I', part));
+BEGIN
+    IF game IS NULL THEN
+        RAISE EXCEPTION 'segmentation: game must not be NULL' USING ERRCODE = '22004';
+    END IF;
+    DELETE FROM segmentation.window_cache_state s WHERE s.game_id = game;
+    IF rel IS NOT NULL THEN
+        EXECUTE format('TRUNCATE %s', rel);
+        RETURN rel;
+    END IF;
+    EXECUTE format('CREATE UNLOGGED TABLE segmentation.%I PARTITION OF segmentation.window_cache'
+                   ' FOR VALUES IN (%L)', part, game);
+    rel := format('segmentation.%I', part)::regclass;
+    EXECUTE format('COMMENT ON TABLE %s IS %L', rel,
+                   'Window cache of game ' || game || ' (a partition of window_cache).');
+    -- What every table of the schema grants (sql/900_privileges.sql): partitions do not
+    -- inherit their parent's privileges, and the runs write to the partition directly.
+    EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON %s TO segmentation_admin', rel);
+    RETURN rel;
+END
+$$;
+COMMENT ON FUNCTION segmentation._empty_window_cache(text) IS
+    'For categorize_all''s window cache: empties the game''s partition of window_cache (created on first use) and deletes its cache state; returns the partition. SECURITY DEFINER because TRUNCATE and CREATE need the table''s owner (see sql/150_window_cache.sql).';
+
 -- Writes made while the triggers were missing (between an uninstall and this install)
 -- were not logged: no cache may be trusted after an install. The next run rebuilds.
 DELETE FROM segmentation.window_cache_state;
 
--- Column comments that describe what this file and window_cache.py do (the migration's
--- first wording predates them).
-COMMENT ON COLUMN segmentation.window_cache.days IS
-    'Active days, lookback_days - 1 bits: bit i (from the left, 0-based) is cached_through - i.';
+-- A column comment that describes what this file and window_cache.py do (the migration's
+-- first wording predates it; migration 0006 words window_cache's comments).
 COMMENT ON COLUMN segmentation.activity_changes.player_id IS
     'Player whose written day the game''s cache held or had just let go (within two cached spans before cached_through); NULL otherwise.';
-COMMENT ON TABLE segmentation.window_cache IS
-    'Per-player aggregates of the cached days of a game''s window and of the last run''s as_of day (see window_cache_state); rebuilt from player_activity when in doubt.';

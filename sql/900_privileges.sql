@@ -6,7 +6,9 @@
 -- The matrix and its reasons: docs/security.md.
 -- Roles are nested (reader < app < admin) by the loader.
 -- All functions have a pinned search_path and are SECURITY INVOKER, except
--- _record_failed_run (SECURITY DEFINER, justified in 050_run_log.sql; admin only).
+-- _record_failed_run (SECURITY DEFINER, justified in 050_run_log.sql; admin only) and
+-- the window cache's trigger function and _empty_window_cache (justified in
+-- 150_window_cache.sql; the latter admin only).
 
 REVOKE ALL ON SCHEMA segmentation FROM PUBLIC;
 REVOKE ALL ON ALL TABLES IN SCHEMA segmentation FROM PUBLIC;

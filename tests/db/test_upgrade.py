@@ -35,7 +35,7 @@ OLD = "0.0.9"
 NEW_MIGRATIONS = ["0002_memberships_fillfactor"]
 ALL_MIGRATIONS = ["0001_initial", "0002_memberships_fillfactor",
                   "0003_segment_transition_counts", "0004_window_cache",
-                  "0005_window_cache_as_of_day"]
+                  "0005_window_cache_as_of_day", "0006_window_cache_partitions"]
 GAME = "g1"
 PLAYERS = 2000
 TABLES = {
@@ -71,6 +71,14 @@ TRANSITIONS = ("SELECT * FROM segmentation.segment_transitions"
                " ORDER BY game_id, run_id, from_taxonomy_id, from_segment_id, to_segment_id")
 ANSWER = ("SELECT taxonomy_id, taxonomy_version, segment_id, membership, memberships,"
           " axis_scores, anomaly_score FROM segmentation.categorize_player(%s, %s, %s)")
+
+
+def conn_partitions(dsn: str) -> int:
+    """Partitions of segmentation.window_cache (one per game with a cache)."""
+    with psycopg.connect(dsn) as conn:
+        return conn.execute("SELECT count(*) FROM pg_inherits"
+                            " WHERE inhparent = 'segmentation.window_cache'::regclass"
+                            ).fetchone()[0]
 
 
 def checksums(conn: psycopg.Connection) -> dict[str, tuple[int, str]]:
@@ -222,6 +230,14 @@ def test_rollback_of_the_latest_migration_then_reinstall(bare_dsn: str) -> None:
         before = checksums(conn)
         from_history = conn.execute(OLD_TRANSITIONS).fetchall()
         assert sum(r[-1] for r in from_history) == 800
+    assert conn_partitions(bare_dsn) == 1
+    # 0006 puts the cache back into one table (empty: the next run rebuilds it).
+    assert migrate.rollback_latest(bare_dsn) == ["0006_window_cache_partitions"]
+    with psycopg.connect(bare_dsn, autocommit=True) as conn:
+        assert checksums(conn) == before
+        assert conn.execute("SELECT relkind FROM pg_class WHERE oid ="
+                            " 'segmentation.window_cache'::regclass").fetchone() == ("r",)
+        assert conn_partitions(bare_dsn) == 0
     # 0005 drops only the cache's as_of day totals.
     assert migrate.rollback_latest(bare_dsn) == ["0005_window_cache_as_of_day"]
     with psycopg.connect(bare_dsn, autocommit=True) as conn:
@@ -243,9 +259,11 @@ def test_rollback_of_the_latest_migration_then_reinstall(bare_dsn: str) -> None:
                             ).fetchone()[0] is None
     # ... and applied to a populated database it counts the existing history.
     assert install.install(bare_dsn, lib_base=LIB_DIR).migrations_applied == [
-        "0003_segment_transition_counts", "0004_window_cache", "0005_window_cache_as_of_day"]
+        "0003_segment_transition_counts", "0004_window_cache", "0005_window_cache_as_of_day",
+        "0006_window_cache_partitions"]
     with psycopg.connect(bare_dsn, autocommit=True) as conn:
         assert conn.execute(TRANSITIONS).fetchall() == from_history
+    assert migrate.rollback_latest(bare_dsn) == ["0006_window_cache_partitions"]
     assert migrate.rollback_latest(bare_dsn) == ["0005_window_cache_as_of_day"]
     assert migrate.rollback_latest(bare_dsn) == ["0004_window_cache"]
     assert migrate.rollback_latest(bare_dsn) == ["0003_segment_transition_counts"]

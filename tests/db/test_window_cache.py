@@ -8,6 +8,7 @@ the window.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from datetime import date, timedelta
@@ -237,6 +238,61 @@ def test_many_changed_players_or_a_truncate_rebuild(calibrated: psycopg.Connecti
                         " + (SELECT count(*) FROM segmentation.window_cache)").fetchone()[0] == 0
     conn.execute("INSERT INTO segmentation.player_activity SELECT * FROM keep")
     assert categorize(conn, AS_OF)["window_cache"]["reason"] == "no cache"
+
+
+def _cached_games(conn: psycopg.Connection) -> list[tuple[Any, ...]]:
+    """Per game: its partition of window_cache, rows, a digest of them, and its state."""
+    return conn.execute(
+        "SELECT c.game_id, c.tableoid::regclass::text, count(*),"
+        " md5(string_agg(c::text, '|' ORDER BY c.player_id)),"
+        " (SELECT row(s.cached_through, s.players)::text FROM segmentation.window_cache_state s"
+        "   WHERE s.game_id = c.game_id)"
+        " FROM segmentation.window_cache c GROUP BY 1, 2 ORDER BY 1").fetchall()
+
+
+def test_each_game_has_its_own_partition_and_runs_do_not_wait_for_each_other(
+        calibrated: psycopg.Connection, dsn: str) -> None:
+    """A run empties its game's partition (TRUNCATE) and keeps it locked until it ends:
+    another game's run, incremental (it reads its own partition), does not wait for it;
+    and a run rolled back leaves its game's cache as it was."""
+    conn = calibrated
+    load_population(conn, "g2", players=600, seed=12)
+    calibrate(conn, "g2", lookback_days=LOOKBACK)
+    day = AS_OF - timedelta(days=1)
+    n1 = categorize(conn, day)["players"]
+    n2 = conn.execute("SELECT segmentation.categorize_all('g2', %s)",
+                      (day,)).fetchone()[0]["players"]
+    before = _cached_games(conn)
+    # One row per player active in the window (or on its as_of day), in the game's own
+    # partition.
+    assert [(g, part, n) for g, part, n, _, _ in before] == [
+        ("g1", "segmentation.window_cache_" + hashlib.md5(b"g1").hexdigest(), n1),
+        ("g2", "segmentation.window_cache_" + hashlib.md5(b"g2").hexdigest(), n2)]
+    with psycopg.connect(dsn) as held:
+        # detect_anomalies brings g1's cache to AS_OF like a categorize_all, but leaves
+        # the materialized views alone (a categorize_all refreshes them, and another
+        # game's refresh waits for that until it commits).
+        held.execute("SELECT count(*) FROM segmentation.detect_anomalies('g1', %s)", (AS_OF,))
+        assert held.execute("SELECT count(*) FROM pg_locks WHERE pid = pg_backend_pid()"
+                            " AND relation = %s::regclass AND mode = 'AccessExclusiveLock'",
+                            (before[0][1],)).fetchone()[0] == 1
+        with psycopg.connect(dsn, autocommit=True) as other:
+            other.execute("SET lock_timeout = '20s'")
+            # Generic plans lock every partition of a table read through its parent: the
+            # run must not read other games' partitions in any plan.
+            other.execute("SET plan_cache_mode = force_generic_plan")
+            result = other.execute("SELECT segmentation.categorize_all('g2', %s)",
+                                   (AS_OF,)).fetchone()[0]
+        assert result["window_cache"]["mode"] == "incremental"
+        held.rollback()
+    after = _cached_games(conn)
+    assert after[0] == before[0]
+    assert after[1][:2] == before[1][:2] and after[1][3:] != before[1][3:]
+    assert categorize(conn, AS_OF)["window_cache"]["mode"] == "incremental"
+    # A partition dropped by hand leaves a state without a cache: the next run rebuilds.
+    conn.execute(f"DROP TABLE {before[1][1]}")
+    assert conn.execute("SELECT segmentation.categorize_all('g2', %s)", (AS_OF,)
+                        ).fetchone()[0]["window_cache"]["reason"] == "no cache"
 
 
 def test_a_writer_without_privileges_on_the_log_still_writes_activity(
