@@ -762,7 +762,7 @@ def categorize_all(plpy: Any, GD: dict, game_id: str, as_of: str | None) -> str:
                                  "player_id text, taxonomy_id int8, segment_id int4")
     plpy.execute(plpy.prepare(
         "INSERT INTO pg_temp.segmentation_moves SELECT b.player_id, m.taxonomy_id, m.segment_id"
-        " FROM pg_temp.segmentation_batch b LEFT JOIN segmentation.player_segment_memberships m"
+        f" FROM {batch_rows.TABLE} b LEFT JOIN segmentation.player_segment_memberships m"
         " ON m.game_id = $1 AND m.player_id = b.player_id AND m.valid_to IS NULL"
         " WHERE m.player_id IS NULL OR m.taxonomy_id <> $2 OR m.segment_id <> b.segment_id",
         ["text", "int8"]), [game_id, active_id])
@@ -775,7 +775,7 @@ def categorize_all(plpy: Any, GD: dict, game_id: str, as_of: str | None) -> str:
         "UPDATE segmentation.player_segment_memberships m SET membership = b.membership,"
         " memberships = b.memberships, axis_scores = b.axis_scores,"
         " anomaly_score = b.anomaly_score, is_anomaly = b.is_anomaly, as_of = $3, run_id = $4"
-        " FROM pg_temp.segmentation_batch b WHERE m.game_id = $1 AND m.player_id = b.player_id"
+        f" FROM {batch_rows.TABLE} b WHERE m.game_id = $1 AND m.player_id = b.player_id"
         " AND m.valid_to IS NULL AND m.taxonomy_id = $2", params), args)
     # Every new current row is a move: from the row closed above, or from nothing (a
     # player's first categorization). segment_transitions reads these counts.
@@ -784,7 +784,7 @@ def categorize_all(plpy: Any, GD: dict, game_id: str, as_of: str | None) -> str:
         " player_id, taxonomy_id, segment_id, membership, memberships, axis_scores,"
         " anomaly_score, is_anomaly, as_of, run_id, valid_from) SELECT $1, b.player_id, $2,"
         " b.segment_id, b.membership, b.memberships, b.axis_scores, b.anomaly_score,"
-        " b.is_anomaly, $3, $4, now() FROM pg_temp.segmentation_batch b"
+        f" b.is_anomaly, $3, $4, now() FROM {batch_rows.TABLE} b"
         " JOIN pg_temp.segmentation_moves v USING (player_id)"
         " RETURNING player_id, segment_id)"
         " INSERT INTO segmentation.segment_transition_counts (game_id, run_id, changed_at,"

@@ -113,7 +113,9 @@ def _reference_state(conn: psycopg.Connection) -> tuple[Any, ...]:
                   FROM segmentation.player_segment_memberships m WHERE game_id = 'g1'),
                (SELECT string_agg(oid::regclass::text, ',' ORDER BY oid::regclass::text)
                   FROM pg_class WHERE relnamespace IN ('public'::regnamespace,
-                                                       'segmentation'::regnamespace)),
+                                                       'segmentation'::regnamespace)
+                   AND NOT oid IN (SELECT inhrelid FROM pg_inherits
+                                    WHERE inhparent = 'segmentation.window_cache'::regclass)),
                (SELECT string_agg(p.oid::regprocedure::text || md5(p.prosrc), ','
                                   ORDER BY p.oid::regprocedure::text)
                   FROM pg_proc p WHERE pronamespace IN ('public'::regnamespace,
@@ -127,14 +129,18 @@ CANARY = "SELECT string_agg(id || '=' || note, ',' ORDER BY id) FROM public.cana
 def _assert_nothing_escaped(conn: psycopg.Connection) -> None:
     assert conn.execute(CANARY).fetchone()[0] == "1=one,2=two,3=three"
     # DDL since setup: the functions' own temporary objects, the refresh of our
-    # materialized views, and what the odd-name test creates in odd_schema.
+    # materialized views, a new game's partition of the window cache (named after the
+    # game's md5, its bound checked by test_odd_metric_names_work), and what the odd-name
+    # test creates in odd_schema.
     strays = conn.execute("""
         SELECT tag, ident FROM public.ddl_log
          WHERE NOT (coalesce(is_temp, false) OR schema_name IN ('pg_temp', 'odd_schema')
                     OR ident LIKE 'pg\\_temp.%' OR ident = 'odd_schema'
                     OR (tag = 'REFRESH MATERIALIZED VIEW'
                         AND ident IN ('segmentation.segment_summary',
-                                      'segmentation.segment_transitions')))
+                                      'segmentation.segment_transitions'))
+                    OR (tag IN ('CREATE TABLE', 'COMMENT', 'GRANT')
+                        AND ident ~ '^segmentation\\.window_cache_[0-9a-f]{32}$'))
     """).fetchall()
     assert strays == []
 
@@ -327,4 +333,10 @@ def test_odd_metric_names_work(world: World) -> None:
     memberships, axis_scores = results["categorize_player(features)"][0]
     assert abs(sum(memberships.values()) - 1) < 1e-9 and axis_scores
     assert results["segment_summary"][0][0] >= 2
+    # The game's window cache partition: the odd name reached its bound as a literal.
+    assert w.conn.execute(
+        "SELECT pg_get_expr(relpartbound, oid), obj_description(oid, 'pg_class') FROM pg_class"
+        " WHERE oid = to_regclass('segmentation.window_cache_' || md5(%s))", (game,)
+    ).fetchone() == ("FOR VALUES IN ('m''etric;g')",
+                     "Window cache of game m'etric;g (a partition of window_cache).")
     _assert_nothing_escaped(w.conn)
