@@ -418,6 +418,9 @@ def main() -> int:
     by_id = (f"\\set p random(0, {largest - 1})\n"
              f"SELECT * FROM segmentation.categorize_player('{game}',"
              f" 'p' || lpad(:p::text, 7, '0'), '{AS_OF}');\n")
+    stored = (f"\\set p random(0, {largest - 1})\n"
+              f"SELECT * FROM segmentation.player_current_segment WHERE game_id = '{game}'"
+              " AND player_id = 'p' || lpad(:p::text, 7, '0');\n")
     say("## categorize_player under concurrent load (pgbench)")
     say()
     say(f"Baseline: `SELECT * FROM bench_pk WHERE id = :id` on a 1,000,000-row table with an"
@@ -426,7 +429,12 @@ def main() -> int:
         " two floor rows (4 clients) are PL/Python functions with categorize_player's"
         " signature and result type that do no scoring - returning a constant record, and"
         " that plus the one indexed lookup of the active taxonomy each call must make: no"
-        " implementation in PL/Python that makes that check through SPI can be faster here.")
+        " implementation in PL/Python that makes that check through SPI can be faster here."
+        " The player_current_segment row is the last categorize_all's answer for a player"
+        " (one row found through the current rows' unique index), what a request path reads"
+        " when the nightly answer is recent enough; categorize_player(player_id) recomputes"
+        " the answer from the player's activity rows, one heap page per active day in this"
+        " layout.")
     say()
     say("| statement | clients | throughput | p50 | p95 | p99 | failed | throughput vs PK SELECT |")
     say("|---|---|---|---|---|---|---|---|")
@@ -434,11 +442,14 @@ def main() -> int:
         base_r = run_pgbench(dsn, pk, c, args.seconds)
         f_r = run_pgbench(dsn, feats, c, args.seconds)
         p_r = run_pgbench(dsn, by_id, c, args.seconds)
+        s_r = run_pgbench(dsn, stored, c, args.seconds)
         say(f"| PK SELECT (baseline) | {c} | {_fmt_load(base_r)} | 1.00x |")
         say(f"| categorize_player(features) | {c} | {_fmt_load(f_r)}"
             f" | {_ratio(f_r.tps, base_r.tps)} |")
         say(f"| categorize_player(player_id) | {c} | {_fmt_load(p_r)}"
             f" | {_ratio(p_r.tps, base_r.tps)} |")
+        say(f"| player_current_segment, one player | {c} | {_fmt_load(s_r)}"
+            f" | {_ratio(s_r.tps, base_r.tps)} |")
         if c == 4:
             for label, script in (("floor: PL/Python, same record, no work", floor),
                                   ("floor: ... plus the active-taxonomy lookup", floor_lookup)):
