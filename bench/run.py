@@ -431,7 +431,7 @@ def main() -> int:
         " that plus the one indexed lookup of the active taxonomy each call must make: no"
         " implementation in PL/Python that makes that check through SPI can be faster here."
         " The player_current_segment row is the last categorize_all's answer for a player"
-        " (one row found through the current rows' unique index), what a request path reads"
+        " (one row found through an index on (game_id, player_id)), what a request path reads"
         " when the nightly answer is recent enough; categorize_player(player_id) recomputes"
         " the answer from the player's activity rows, one heap page per active day in this"
         " layout.")
