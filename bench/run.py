@@ -199,6 +199,16 @@ def _ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}x" if b else "n/a"
 
 
+def _reads(conn: psycopg.Connection) -> tuple[int, float, int]:
+    """The database's blocks read from outside shared buffers, their read time in ms
+    (track_io_timing) and its committed transactions, from pg_stat_database."""
+    conn.execute("SELECT pg_stat_clear_snapshot()")
+    row = conn.execute("SELECT blks_read, blk_read_time, xact_commit FROM pg_stat_database"
+                       " WHERE datname = current_database()").fetchone()
+    assert row is not None
+    return int(row[0]), float(row[1]), int(row[2])
+
+
 def _fmt_load(r: LoadResult) -> str:
     return (f"{r.tps:,.0f}/s | {r.p50_ms:.3f} | {r.p95_ms:.3f} | {r.p99_ms:.3f}"
             f" | {r.failed}")
@@ -389,6 +399,11 @@ def main() -> int:
         conn.execute("INSERT INTO bench_pk SELECT g, md5(g::text)"
                      " FROM generate_series(1, 1000000) g")
         conn.execute("VACUUM ANALYZE bench_pk")
+        # For the reads of categorize_player(player_id): whether its pages came from the
+        # page cache or from the disk (the figure swung from p95 2.4 to 184 ms between
+        # runs on this machine).
+        conn.execute(sql.SQL("ALTER DATABASE {} SET track_io_timing = on").format(
+            sql.Identifier(conn.info.dbname)))
         # The platform's floor for categorize_player(features): a PL/Python function of
         # the same signature and result type that does no scoring, without and with the
         # one indexed lookup of the active taxonomy every call makes.
@@ -438,10 +453,17 @@ def main() -> int:
     say()
     say("| statement | clients | throughput | p50 | p95 | p99 | failed | throughput vs PK SELECT |")
     say("|---|---|---|---|---|---|---|---|")
+    io: list[str] = []
     for c in clients:
         base_r = run_pgbench(dsn, pk, c, args.seconds)
         f_r = run_pgbench(dsn, feats, c, args.seconds)
+        before = _reads(conn)
         p_r = run_pgbench(dsn, by_id, c, args.seconds)
+        time.sleep(1.0)  # pgbench's backends report their counters as they exit
+        after = _reads(conn)
+        calls = max(1, after[2] - before[2])
+        io.append(f"| {c} | {(after[0] - before[0]) / calls:.1f}"
+                  f" | {(after[1] - before[1]) / calls:.3f} |")
         s_r = run_pgbench(dsn, stored, c, args.seconds)
         say(f"| PK SELECT (baseline) | {c} | {_fmt_load(base_r)} | 1.00x |")
         say(f"| categorize_player(features) | {c} | {_fmt_load(f_r)}"
@@ -455,6 +477,16 @@ def main() -> int:
                                   ("floor: ... plus the active-taxonomy lookup", floor_lookup)):
                 r = run_pgbench(dsn, script, c, args.seconds)
                 say(f"| {label} | {c} | {_fmt_load(r)} | {_ratio(r.tps, base_r.tps)} |")
+    say()
+    say("Reads of categorize_player(player_id) during its runs above, per call (per"
+        " transaction committed in the database): blocks read from outside shared buffers,"
+        " and the time spent reading them (track_io_timing): a read the page cache serves"
+        " takes a few microseconds.")
+    say()
+    say("| clients | blocks read per call | read time per call (ms) |")
+    say("|---|---|---|")
+    for row in io:
+        say(row)
     say()
     say(f"Total benchmark wall time: {time.perf_counter() - started:.0f} s.")
     Path(args.output).write_text("\n".join(out) + "\n")
