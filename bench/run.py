@@ -454,29 +454,30 @@ def main() -> int:
     say("| statement | clients | throughput | p50 | p95 | p99 | failed | throughput vs PK SELECT |")
     say("|---|---|---|---|---|---|---|---|")
     io: list[str] = []
-    for c in clients:
-        base_r = run_pgbench(dsn, pk, c, args.seconds)
-        f_r = run_pgbench(dsn, feats, c, args.seconds)
-        before = _reads(conn)
-        p_r = run_pgbench(dsn, by_id, c, args.seconds)
-        time.sleep(1.0)  # pgbench's backends report their counters as they exit
-        after = _reads(conn)
-        calls = max(1, after[2] - before[2])
-        io.append(f"| {c} | {(after[0] - before[0]) / calls:.1f}"
-                  f" | {(after[1] - before[1]) / calls:.3f} |")
-        s_r = run_pgbench(dsn, stored, c, args.seconds)
-        say(f"| PK SELECT (baseline) | {c} | {_fmt_load(base_r)} | 1.00x |")
-        say(f"| categorize_player(features) | {c} | {_fmt_load(f_r)}"
-            f" | {_ratio(f_r.tps, base_r.tps)} |")
-        say(f"| categorize_player(player_id) | {c} | {_fmt_load(p_r)}"
-            f" | {_ratio(p_r.tps, base_r.tps)} |")
-        say(f"| player_current_segment, one player | {c} | {_fmt_load(s_r)}"
-            f" | {_ratio(s_r.tps, base_r.tps)} |")
-        if c == 4:
-            for label, script in (("floor: PL/Python, same record, no work", floor),
-                                  ("floor: ... plus the active-taxonomy lookup", floor_lookup)):
-                r = run_pgbench(dsn, script, c, args.seconds)
-                say(f"| {label} | {c} | {_fmt_load(r)} | {_ratio(r.tps, base_r.tps)} |")
+    with psycopg.connect(dsn, autocommit=True) as stats:
+        for c in clients:
+            base_r = run_pgbench(dsn, pk, c, args.seconds)
+            f_r = run_pgbench(dsn, feats, c, args.seconds)
+            before = _reads(stats)
+            p_r = run_pgbench(dsn, by_id, c, args.seconds)
+            time.sleep(1.0)  # pgbench's backends report their counters as they exit
+            after = _reads(stats)
+            calls = max(1, after[2] - before[2])
+            io.append(f"| {c} | {(after[0] - before[0]) / calls:.1f}"
+                      f" | {(after[1] - before[1]) / calls:.3f} |")
+            s_r = run_pgbench(dsn, stored, c, args.seconds)
+            say(f"| PK SELECT (baseline) | {c} | {_fmt_load(base_r)} | 1.00x |")
+            say(f"| categorize_player(features) | {c} | {_fmt_load(f_r)}"
+                f" | {_ratio(f_r.tps, base_r.tps)} |")
+            say(f"| categorize_player(player_id) | {c} | {_fmt_load(p_r)}"
+                f" | {_ratio(p_r.tps, base_r.tps)} |")
+            say(f"| player_current_segment, one player | {c} | {_fmt_load(s_r)}"
+                f" | {_ratio(s_r.tps, base_r.tps)} |")
+            if c == 4:
+                for label, script in (("floor: PL/Python, same record, no work", floor),
+                                      ("floor: ... plus the active-taxonomy lookup", floor_lookup)):
+                    r = run_pgbench(dsn, script, c, args.seconds)
+                    say(f"| {label} | {c} | {_fmt_load(r)} | {_ratio(r.tps, base_r.tps)} |")
     say()
     say("Reads of categorize_player(player_id) during its runs above, per call (per"
         " transaction committed in the database): blocks read from outside shared buffers,"
