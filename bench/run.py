@@ -209,6 +209,36 @@ def _reads(conn: psycopg.Connection) -> tuple[int, float, int]:
     return int(row[0]), float(row[1]), int(row[2])
 
 
+def _evict_from_page_cache(conn: psycopg.Connection, table: str) -> int | None:
+    """Drop ``table``'s and its indexes' files from the kernel's page cache.
+
+    posix_fadvise(DONTNEED) on each 1 GB segment file, so that the next reads come from
+    the disk; pages still in shared_buffers stay there. Needs the server on this machine
+    and read access to its data directory (make bench runs as root). Returns the files
+    evicted, or None when that is not possible here.
+    """
+    rows = conn.execute(
+        "SELECT current_setting('data_directory') || '/' || pg_relation_filepath(c.oid)"
+        " FROM pg_class c WHERE c.oid = %s::regclass OR c.oid IN"
+        " (SELECT indexrelid FROM pg_index WHERE indrelid = %s::regclass)",
+        (table, table)).fetchall()
+    evicted = 0
+    try:
+        for (first,) in rows:
+            segment = Path(first)
+            files = [segment, *sorted(segment.parent.glob(segment.name + ".[0-9]*"))]
+            for f in files:
+                fd = os.open(f, os.O_RDONLY)
+                try:
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                finally:
+                    os.close(fd)
+                evicted += 1
+    except OSError:
+        return None
+    return evicted
+
+
 def _fmt_load(r: LoadResult) -> str:
     return (f"{r.tps:,.0f}/s | {r.p50_ms:.3f} | {r.p95_ms:.3f} | {r.p99_ms:.3f}"
             f" | {r.failed}")
@@ -419,6 +449,19 @@ def main() -> int:
                      " segmentation.game_behavioral_taxonomy WHERE game_id = $1 AND is_active',"
                      " ['text'])\nplpy.execute(plan, [game_id])\n"
                      f"return {answer}\n$$")
+        # And what comes before any scoring, without the lookup: the jsonb parsed and the
+        # feature vector built with the taxonomy kept in SD since the first call.
+        conn.execute("CREATE OR REPLACE FUNCTION public.bench_floor_vector(game_id text,"
+                     " f jsonb) RETURNS segmentation.categorization LANGUAGE plpython3u STABLE"
+                     " AS $$\nentry = SD.get('entry')\nif entry is None:\n"
+                     "    plpy.execute('SELECT segmentation._python_bootstrap()')\n"
+                     "    import json\n"
+                     "    from segmentation.features import features_from_metric_vector\n"
+                     "    from segmentation.sql_api import cached_taxonomy\n"
+                     "    entry = SD['entry'] = cached_taxonomy(plpy, GD, game_id)\n"
+                     "    SD['steps'] = (json.loads, features_from_metric_vector)\n"
+                     "loads, vector = SD['steps']\nvector(loads(f), entry.recipe)\n"
+                     f"return {answer}\n$$")
     pk = "\\set id random(1, 1000000)\nSELECT * FROM bench_pk WHERE id = :id;\n"
 
     def features_script(function: str) -> str:
@@ -430,6 +473,7 @@ def main() -> int:
     feats = features_script("segmentation.categorize_player")
     floor = features_script("public.bench_floor")
     floor_lookup = features_script("public.bench_floor_lookup")
+    floor_vector = features_script("public.bench_floor_vector")
     by_id = (f"\\set p random(0, {largest - 1})\n"
              f"SELECT * FROM segmentation.categorize_player('{game}',"
              f" 'p' || lpad(:p::text, 7, '0'), '{AS_OF}');\n")
@@ -441,10 +485,12 @@ def main() -> int:
     say(f"Baseline: `SELECT * FROM bench_pk WHERE id = :id` on a 1,000,000-row table with an"
         f" integer primary key. categorize_player(player_id) runs on the {largest:,}-player,"
         " 90-day population. Latencies in ms, from pgbench's per-transaction log. The"
-        " two floor rows (4 clients) are PL/Python functions with categorize_player's"
-        " signature and result type that do no scoring - returning a constant record, and"
-        " that plus the one indexed lookup of the active taxonomy each call must make: no"
-        " implementation in PL/Python that makes that check through SPI can be faster here."
+        " three floor rows (4 clients) are PL/Python functions with categorize_player's"
+        " signature and result type that do no scoring - returning a constant record; that"
+        " plus the one indexed lookup of the active taxonomy each call must make (no"
+        " implementation in PL/Python that makes that check through SPI can be faster"
+        " here); and, without the lookup, the steps before any scoring: the jsonb parsed"
+        " and the feature vector built with a taxonomy kept in the function's SD."
         " The player_current_segment row is the last categorize_all's answer for a player"
         " (one row found through an index on (game_id, player_id)), what a request path reads"
         " when the nightly answer is recent enough; categorize_player(player_id) recomputes"
@@ -454,9 +500,11 @@ def main() -> int:
     say("| statement | clients | throughput | p50 | p95 | p99 | failed | throughput vs PK SELECT |")
     say("|---|---|---|---|---|---|---|---|")
     io: list[str] = []
+    base_tps: dict[int, float] = {}
     with psycopg.connect(dsn, autocommit=True) as stats:
         for c in clients:
             base_r = run_pgbench(dsn, pk, c, args.seconds)
+            base_tps[c] = base_r.tps
             f_r = run_pgbench(dsn, feats, c, args.seconds)
             before = _reads(stats)
             p_r = run_pgbench(dsn, by_id, c, args.seconds)
@@ -474,8 +522,11 @@ def main() -> int:
             say(f"| player_current_segment, one player | {c} | {_fmt_load(s_r)}"
                 f" | {_ratio(s_r.tps, base_r.tps)} |")
             if c == 4:
-                for label, script in (("floor: PL/Python, same record, no work", floor),
-                                      ("floor: ... plus the active-taxonomy lookup", floor_lookup)):
+                for label, script in (
+                        ("floor: PL/Python, same record, no work", floor),
+                        ("floor: ... plus the active-taxonomy lookup", floor_lookup),
+                        ("floor: no lookup, jsonb parsed and feature vector built",
+                         floor_vector)):
                     r = run_pgbench(dsn, script, c, args.seconds)
                     say(f"| {label} | {c} | {_fmt_load(r)} | {_ratio(r.tps, base_r.tps)} |")
     say()
@@ -488,6 +539,38 @@ def main() -> int:
     say("|---|---|---|")
     for row in io:
         say(row)
+    say()
+    # The same player-id calls with the window's pages read from the disk: the figures
+    # above depend on what the kernel happened to keep in its page cache.
+    cold: list[str] = []
+    with psycopg.connect(dsn, autocommit=True) as stats:
+        for c in (1, 4):
+            if _evict_from_page_cache(stats, "segmentation.player_activity") is None:
+                break
+            before = _reads(stats)
+            r = run_pgbench(dsn, by_id, c, args.seconds)
+            time.sleep(1.0)
+            after = _reads(stats)
+            calls = max(1, after[2] - before[2])
+            cold.append(f"| {c} | {_fmt_load(r)} | {(after[0] - before[0]) / calls:.1f}"
+                        f" | {(after[1] - before[1]) / calls:.3f}"
+                        f" | {_ratio(r.tps, base_tps.get(c, 0.0))} |")
+    say("## categorize_player(player_id) from the disk")
+    say()
+    if cold:
+        say("Before each run, player_activity and its indexes are dropped from the kernel's"
+            " page cache (posix_fadvise DONTNEED on their files; what shared_buffers holds"
+            " stays), so the window's pages come from the disk. Same statement and"
+            " population as above; the ratio is against the PK SELECT above.")
+        say()
+        say("| clients | throughput | p50 | p95 | p99 | failed | blocks read per call"
+            " | read time per call (ms) | throughput vs PK SELECT |")
+        say("|---|---|---|---|---|---|---|---|---|")
+        for row in cold:
+            say(row)
+    else:
+        say("Not measured: the server's data files cannot be opened from this process"
+            " (another machine, or no read access to its data directory).")
     say()
     say(f"Total benchmark wall time: {time.perf_counter() - started:.0f} s.")
     Path(args.output).write_text("\n".join(out) + "\n")
