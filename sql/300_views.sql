@@ -63,51 +63,24 @@ COMMENT ON COLUMN segmentation.player_memberships_long.is_primary IS 'True for t
 -- definition may have changed) and refreshed CONCURRENTLY by categorize_all.
 DROP MATERIALIZED VIEW IF EXISTS segmentation.segment_summary;
 CREATE MATERIALIZED VIEW segmentation.segment_summary AS
--- One pass over the current rows, grouping into a handful of groups (taxonomy and
--- primary segment): primary counts, and degree sums by array position for the first 16
--- positions, added up per taxonomy and mapped to segment ids afterwards (on k rows per
--- taxonomy, not per player). Positional sums read each array once; unnesting every
--- array took twice as long at 1M players. A taxonomy with more segments (an imported
--- one; calibration makes at most 30) gets the rest from a second pass over its own
--- rows only (through the taxonomy index; none for the usual taxonomy).
-WITH per_primary AS (
-    SELECT m.taxonomy_id, m.segment_id,
-           count(*) AS players,
-           count(*) FILTER (WHERE m.is_anomaly) AS anomalies,
-           avg(m.membership) AS mean_membership,
-           max(cardinality(m.memberships)) AS width,
-           ARRAY[
-               sum(m.memberships[1]), sum(m.memberships[2]), sum(m.memberships[3]),
-               sum(m.memberships[4]), sum(m.memberships[5]), sum(m.memberships[6]),
-               sum(m.memberships[7]), sum(m.memberships[8]), sum(m.memberships[9]),
-               sum(m.memberships[10]), sum(m.memberships[11]), sum(m.memberships[12]),
-               sum(m.memberships[13]), sum(m.memberships[14]), sum(m.memberships[15]),
-               sum(m.memberships[16])] AS head_sums
-      FROM segmentation.player_segment_memberships m
-     WHERE m.valid_to IS NULL
-     GROUP BY m.taxonomy_id, m.segment_id
-), degree_sums AS (
+-- From the totals categorize_all writes per game (migration 0007), a few rows per
+-- segment: a refresh no longer reads any membership row, so a game's run does not pay
+-- for the other games' players. Fuzzy sizes add up each primary group's degree sums by
+-- array position, mapped to segment ids through the taxonomy's segment_order.
+WITH degree_sums AS (
     SELECT g.taxonomy_id, h.pos, sum(h.degree) AS fuzzy_size
-      FROM per_primary g
-     CROSS JOIN LATERAL unnest(g.head_sums) WITH ORDINALITY h(degree, pos)
-     WHERE h.pos <= g.width
+      FROM segmentation.segment_totals g
+     CROSS JOIN LATERAL unnest(g.degree_sums) WITH ORDINALITY h(degree, pos)
      GROUP BY g.taxonomy_id, h.pos
-    UNION ALL
-    SELECT m.taxonomy_id, 16 + u.pos, sum(u.degree)
-      FROM segmentation.player_segment_memberships m
-     CROSS JOIN LATERAL unnest(m.memberships[17:]) WITH ORDINALITY u(degree, pos)
-     WHERE m.valid_to IS NULL
-       AND m.taxonomy_id IN (SELECT g.taxonomy_id FROM per_primary g WHERE g.width > 16)
-     GROUP BY m.taxonomy_id, u.pos
 ), taxonomies AS (
     SELECT t.* FROM segmentation.game_behavioral_taxonomy t
-     WHERE t.is_active OR t.taxonomy_id IN (SELECT taxonomy_id FROM per_primary)
+     WHERE t.is_active OR t.taxonomy_id IN (SELECT taxonomy_id FROM segmentation.segment_totals)
 ), per_segment AS (
     SELECT d.taxonomy_id, t.segment_order[d.pos] AS segment_id, d.fuzzy_size,
-           p.players, p.anomalies, p.mean_membership
+           p.players, p.anomalies, p.membership_sum / p.players AS mean_membership
       FROM degree_sums d
       JOIN taxonomies t ON t.taxonomy_id = d.taxonomy_id
-      LEFT JOIN per_primary p
+      LEFT JOIN segmentation.segment_totals p
         ON p.taxonomy_id = d.taxonomy_id AND p.segment_id = t.segment_order[d.pos]
 )
 SELECT t.game_id,

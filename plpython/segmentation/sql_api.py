@@ -692,6 +692,45 @@ def _acquire_batch_slot(plpy: Any, game_id: str, max_slots: int) -> int:
         hint="Retry later, or raise segmentation.max_concurrent_categorizations.")
 
 
+def _write_segment_totals(plpy: Any, game_id: str) -> None:
+    """Replace the game's rows of segment_totals (read by segment_summary) by totals over
+    its current memberships, per taxonomy and primary segment.
+
+    Degree sums by array position, one sum per position up to the game's widest
+    taxonomy, each cut to its own taxonomy's width: positional sums read each array
+    once, where unnesting every array took twice as long at 1M players. The aggregate
+    runs as an unprepared SELECT (the game as a quoted literal), which may use parallel
+    workers: 0.42 s at 1M players here, against 0.70 s inside the INSERT (an INSERT or a
+    prepared statement runs without them).
+    """
+    width = plpy.execute(plpy.prepare(
+        "SELECT coalesce(max(cardinality(segment_order)), 0) AS k"
+        " FROM segmentation.game_behavioral_taxonomy WHERE game_id = $1", ["text"]),
+        [game_id])[0]["k"]
+    plpy.execute(plpy.prepare("DELETE FROM segmentation.segment_totals WHERE game_id = $1",
+                              ["text"]), [game_id])
+    if not width:
+        return
+    sums = ", ".join(f"sum(m.memberships[{i}])" for i in range(1, int(width) + 1))
+    rows = plpy.execute(
+        "SELECT s.taxonomy_id, s.segment_id, s.players, s.anomalies, s.membership_sum,"
+        " s.sums[1:cardinality(t.segment_order)] AS degree_sums"
+        " FROM (SELECT m.taxonomy_id, m.segment_id, count(*) AS players,"
+        "  count(*) FILTER (WHERE m.is_anomaly) AS anomalies,"
+        f"  sum(m.membership) AS membership_sum, ARRAY[{sums}] AS sums"
+        "  FROM segmentation.player_segment_memberships m"
+        f"  WHERE m.game_id = {plpy.quote_literal(game_id)} AND m.valid_to IS NULL"
+        "  GROUP BY m.taxonomy_id, m.segment_id) s"
+        " JOIN segmentation.game_behavioral_taxonomy t ON t.taxonomy_id = s.taxonomy_id")
+    insert = plpy.prepare(
+        "INSERT INTO segmentation.segment_totals (game_id, taxonomy_id, segment_id, players,"
+        " anomalies, membership_sum, degree_sums) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        ["text", "int8", "int4", "int8", "int8", "float8", "float8[]"])
+    for r in rows:
+        plpy.execute(insert, [game_id, r["taxonomy_id"], r["segment_id"], r["players"],
+                              r["anomalies"], r["membership_sum"], r["degree_sums"]])
+
+
 @reports_errors
 def categorize_all(plpy: Any, GD: dict, game_id: str, as_of: str | None) -> str:
     t0 = time.perf_counter()
@@ -796,6 +835,7 @@ def categorize_all(plpy: Any, GD: dict, game_id: str, as_of: str | None) -> str:
     inserted = sum(int(r["players"]) for r in moves)
     timings["write_history"] = time.perf_counter() - t3
     t4 = time.perf_counter()
+    _write_segment_totals(plpy, game_id)
     for view in ("segment_summary", "segment_transitions"):
         plpy.execute(f"REFRESH MATERIALIZED VIEW CONCURRENTLY segmentation.{view}")
     timings["refresh_views"] = time.perf_counter() - t4

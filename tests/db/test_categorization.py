@@ -89,17 +89,19 @@ def summary_rows(conn: psycopg.Connection) -> dict[tuple[int, int], tuple[Any, .
 
 def assert_summary_matches_views(conn: psycopg.Connection,
                                  summary: dict[tuple[int, int], tuple[Any, ...]],
-                                 taxonomy_id: int, *, segments: int, active: bool) -> None:
+                                 taxonomy_id: int, *, segments: int, active: bool,
+                                 players: int = 2500) -> None:
     """segment_summary's rows of ``taxonomy_id`` against the same figures computed from
-    player_memberships_long and player_current_segment (2500 players)."""
+    player_memberships_long and player_current_segment (``players`` in its game)."""
     oracle = {(r[0], r[1]): r[2:] for r in conn.execute(
         "SELECT l.taxonomy_id, l.segment_id, count(*) FILTER (WHERE l.is_primary),"
         " sum(l.degree), count(*) FILTER (WHERE l.is_primary AND c.is_anomaly),"
         " avg(l.degree) FILTER (WHERE l.is_primary),"
-        " count(*) FILTER (WHERE l.is_primary) / 2500.0, sum(l.degree) / 2500.0"
+        " count(*) FILTER (WHERE l.is_primary) / %s::numeric, sum(l.degree) / %s::numeric"
         " FROM segmentation.player_memberships_long l"
         " JOIN segmentation.player_current_segment c USING (game_id, player_id)"
-        " WHERE l.taxonomy_id = %s GROUP BY l.taxonomy_id, l.segment_id", (taxonomy_id,))}
+        " WHERE l.taxonomy_id = %s GROUP BY l.taxonomy_id, l.segment_id",
+        (players, players, taxonomy_id))}
     assert {k for k in summary if k[0] == taxonomy_id} == oracle.keys()
     assert len(oracle) == segments
     for key, (players, fuzzy, anomalies, mean, share, fuzzy_share) in oracle.items():
@@ -138,7 +140,8 @@ def test_segment_summary_matches_the_per_player_views(calibrated: psycopg.Connec
 
 def test_segment_summary_of_a_taxonomy_with_many_segments(
         calibrated: psycopg.Connection) -> None:
-    """Degree sums past the view's 16 positional sums come from its second pass."""
+    """Degree sums past 16 positions (the totals sum as many as the game's widest
+    taxonomy has)."""
     conn = calibrated
     taxonomy_id = calibrate(conn, n_segments=20)["taxonomy_id"]
     conn.execute("SELECT segmentation.categorize_all('g1', %s)", (AS_OF,))
@@ -150,6 +153,39 @@ def test_segment_summary_of_a_taxonomy_with_many_segments(
                              " WHERE t.taxonomy_id = %s AND s.fuzzy_size > 0",
                              (taxonomy_id,)).fetchall()
     assert max(p for (p,) in positions) > 16
+
+
+def test_segment_summary_of_one_game_is_written_by_its_own_runs(
+        calibrated: psycopg.Connection) -> None:
+    """A run writes its game's totals from its game's current rows only: the summary of
+    another game stays what that game's last run made it (here, even though its
+    memberships were changed by hand since), and is right again after its next run."""
+    conn = calibrated
+    load_population(conn, "g2", players=800, seed=6)
+    g2_id = calibrate(conn, "g2")["taxonomy_id"]
+    g1_id = conn.execute("SELECT taxonomy_id FROM segmentation.game_behavioral_taxonomy"
+                         " WHERE game_id = 'g1' AND is_active").fetchone()[0]
+    for game in ("g1", "g2"):
+        conn.execute("SELECT segmentation.categorize_all(%s, %s)", (game, AS_OF))
+    summary = summary_rows(conn)
+    assert_summary_matches_views(conn, summary, g1_id, segments=7, active=True)
+    assert_summary_matches_views(conn, summary, g2_id, segments=7, active=True, players=800)
+    assert conn.execute("SELECT game_id, sum(players) FROM segmentation.segment_totals"
+                        " GROUP BY game_id ORDER BY game_id").fetchall() == [("g1", 2500),
+                                                                             ("g2", 800)]
+    # By hand, every g2 player turns anomalous: g1's run neither reads nor counts that.
+    conn.execute("UPDATE segmentation.player_segment_memberships SET is_anomaly = true"
+                 " WHERE game_id = 'g2' AND valid_to IS NULL")
+    conn.execute("SELECT segmentation.categorize_all('g1', %s)", (AS_OF,))
+    after = summary_rows(conn)
+    assert {k: v for k, v in after.items() if k[0] == g2_id} == {
+        k: v for k, v in summary.items() if k[0] == g2_id}
+    assert_summary_matches_views(conn, after, g1_id, segments=7, active=True)
+    assert sum(v[2] for k, v in after.items() if k[0] == g2_id) < 800
+    # g2's own run recomputes its rows (and its totals from them).
+    conn.execute("SELECT segmentation.categorize_all('g2', %s)", (AS_OF,))
+    assert_summary_matches_views(conn, summary_rows(conn), g2_id, segments=7, active=True,
+                                 players=800)
 
 
 def test_history_and_transitions_after_changed_data(calibrated: psycopg.Connection) -> None:

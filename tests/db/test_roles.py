@@ -43,7 +43,7 @@ BASE_TABLES = {  # table -> a column that is neither generated nor an identity
     "player_activity": "game_id", "feature_sources": "game_id",
     "game_behavioral_taxonomy": "game_id", "behavioral_axes": "name",
     "segment_definitions": "name", "player_segment_memberships": "game_id",
-    "runs": "game_id", "segment_transition_counts": "game_id",
+    "runs": "game_id", "segment_transition_counts": "game_id", "segment_totals": "game_id",
     "window_cache_state": "game_id", "window_cache": "game_id", "activity_changes": "game_id",
 }
 
@@ -62,6 +62,7 @@ def _actions() -> dict[str, tuple[str, frozenset[str]]]:
         "SELECT * FROM segmentation.player_segment_memberships LIMIT 1", ADMIN)
     a["select-segment_transition_counts"] = (
         "SELECT * FROM segmentation.segment_transition_counts LIMIT 1", ADMIN)
+    a["select-segment_totals"] = ("SELECT * FROM segmentation.segment_totals LIMIT 1", ADMIN)
     for table in ("window_cache_state", "window_cache", "activity_changes"):
         a[f"select-{table}"] = (f"SELECT * FROM segmentation.{table} LIMIT 1", ADMIN)
     # A trigger function runs for whoever writes player_activity (SECURITY DEFINER,

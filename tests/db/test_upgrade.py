@@ -35,7 +35,8 @@ OLD = "0.0.9"
 NEW_MIGRATIONS = ["0002_memberships_fillfactor"]
 ALL_MIGRATIONS = ["0001_initial", "0002_memberships_fillfactor",
                   "0003_segment_transition_counts", "0004_window_cache",
-                  "0005_window_cache_as_of_day", "0006_window_cache_partitions"]
+                  "0005_window_cache_as_of_day", "0006_window_cache_partitions",
+                  "0007_segment_totals"]
 GAME = "g1"
 PLAYERS = 2000
 TABLES = {
@@ -71,6 +72,11 @@ TRANSITIONS = ("SELECT * FROM segmentation.segment_transitions"
                " ORDER BY game_id, run_id, from_taxonomy_id, from_segment_id, to_segment_id")
 ANSWER = ("SELECT taxonomy_id, taxonomy_version, segment_id, membership, memberships,"
           " axis_scores, anomaly_score FROM segmentation.categorize_player(%s, %s, %s)")
+
+
+# segment_summary's counts (fuzzy_size, a float sum, is the fifth column).
+SUMMARY = ("SELECT taxonomy_id, segment_id, is_active, players, fuzzy_size, anomalies"
+           " FROM segmentation.segment_summary ORDER BY taxonomy_id, segment_id")
 
 
 def conn_partitions(dsn: str) -> int:
@@ -230,7 +236,15 @@ def test_rollback_of_the_latest_migration_then_reinstall(bare_dsn: str) -> None:
         before = checksums(conn)
         from_history = conn.execute(OLD_TRANSITIONS).fetchall()
         assert sum(r[-1] for r in from_history) == 800
+        summary = conn.execute(SUMMARY).fetchall()
+        assert sum(r[3] for r in summary) == 800
     assert conn_partitions(bare_dsn) == 1
+    # 0007 drops only the per-game segment totals.
+    assert migrate.rollback_latest(bare_dsn) == ["0007_segment_totals"]
+    with psycopg.connect(bare_dsn, autocommit=True) as conn:
+        assert checksums(conn) == before
+        assert conn.execute("SELECT to_regclass('segmentation.segment_totals')"
+                            ).fetchone()[0] is None
     # 0006 puts the cache back into one table (empty: the next run rebuilds it).
     assert migrate.rollback_latest(bare_dsn) == ["0006_window_cache_partitions"]
     with psycopg.connect(bare_dsn, autocommit=True) as conn:
@@ -260,9 +274,15 @@ def test_rollback_of_the_latest_migration_then_reinstall(bare_dsn: str) -> None:
     # ... and applied to a populated database it counts the existing history.
     assert install.install(bare_dsn, lib_base=LIB_DIR).migrations_applied == [
         "0003_segment_transition_counts", "0004_window_cache", "0005_window_cache_as_of_day",
-        "0006_window_cache_partitions"]
+        "0006_window_cache_partitions", "0007_segment_totals"]
     with psycopg.connect(bare_dsn, autocommit=True) as conn:
         assert conn.execute(TRANSITIONS).fetchall() == from_history
+        # 0007 counted the current memberships: the summary reads as before.
+        again = conn.execute(SUMMARY).fetchall()
+        assert [r[:4] + r[5:] for r in again] == [r[:4] + r[5:] for r in summary]
+        for got, want in zip(again, summary, strict=True):
+            assert got[4] == pytest.approx(want[4], rel=1e-12)
+    assert migrate.rollback_latest(bare_dsn) == ["0007_segment_totals"]
     assert migrate.rollback_latest(bare_dsn) == ["0006_window_cache_partitions"]
     assert migrate.rollback_latest(bare_dsn) == ["0005_window_cache_as_of_day"]
     assert migrate.rollback_latest(bare_dsn) == ["0004_window_cache"]
