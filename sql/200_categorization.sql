@@ -22,10 +22,18 @@ $$;
 COMMENT ON TYPE segmentation.categorization IS
     'Answer of categorize_player: primary segment and degree, every segment''s degree (sums to 1), axis scores, anomaly score and flag, and an explanation.';
 
+-- Both categorize_player functions are PARALLEL UNSAFE (the default), not SAFE: PL/Python
+-- runs every plpy.execute in a subtransaction, and PostgreSQL allows none in a parallel
+-- operation ("Functions ... must be marked PARALLEL UNSAFE if they ... change the
+-- transaction state even temporarily", docs on parallel safety). Marked SAFE, a call in
+-- a query with a parallel plan - any LATERAL call over a big enough table - failed with
+-- "cannot start subtransactions during a parallel operation", and here the backend then
+-- crashed (signal 11; the server restarted every session). tests/db/test_categorization.py
+-- forces such a plan.
 CREATE OR REPLACE FUNCTION segmentation.categorize_player(
     game_id text, player_id text, as_of date DEFAULT current_date)
 RETURNS segmentation.categorization
-LANGUAGE plpython3u STABLE PARALLEL SAFE
+LANGUAGE plpython3u STABLE PARALLEL UNSAFE
 SET search_path = pg_catalog, pg_temp
 -- The per-player aggregate must always use the primary key; a custom plan built from
 -- stale statistics right after a bulk load once chose the date index (1000x slower).
@@ -50,7 +58,7 @@ COMMENT ON FUNCTION segmentation.categorize_player(text, text, date) IS
 -- tests/db/test_roles.py calls it under a hostile search_path.
 CREATE OR REPLACE FUNCTION segmentation.categorize_player(game_id text, features jsonb)
 RETURNS segmentation.categorization
-LANGUAGE plpython3u STABLE PARALLEL SAFE
+LANGUAGE plpython3u STABLE PARALLEL UNSAFE
 AS $$
 if GD.get("segmentation.version") != "@VERSION@":
     plpy.execute("SELECT segmentation._python_bootstrap()")

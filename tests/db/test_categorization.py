@@ -298,6 +298,34 @@ def test_features_form_and_bad_inputs(calibrated: psycopg.Connection) -> None:
     assert err.value.sqlstate == "SG004"
 
 
+def test_calls_in_a_query_that_could_run_in_parallel(calibrated: psycopg.Connection) -> None:
+    """A LATERAL call over a table, with settings that make any parallel-safe plan
+    parallel: both forms answer (marked PARALLEL SAFE, they failed with "cannot start
+    subtransactions during a parallel operation" and the backend crashed)."""
+    conn = calibrated
+    conn.execute("SELECT segmentation.categorize_all('g1', %s)", (AS_OF,))
+    conn.execute("CREATE TEMP TABLE ids AS SELECT player_id FROM"
+                 " segmentation.player_current_segment WHERE game_id = 'g1'")
+    conn.execute("ANALYZE ids")
+    expected = conn.execute("SELECT count(*), sum(c.membership) FROM ids t, LATERAL"
+                            " segmentation.categorize_player('g1', t.player_id, %s) c",
+                            (AS_OF,)).fetchone()
+    for setting in ("max_parallel_workers_per_gather = 2", "parallel_setup_cost = 0",
+                    "parallel_tuple_cost = 0", "min_parallel_table_scan_size = 0",
+                    "force_parallel_mode = on"):
+        conn.execute(f"SET {setting}")
+    try:
+        assert conn.execute("SELECT count(*), sum(c.membership) FROM ids t, LATERAL"
+                            " segmentation.categorize_player('g1', t.player_id, %s) c",
+                            (AS_OF,)).fetchone() == expected
+        assert conn.execute("SELECT count(*) FROM ids t, LATERAL segmentation.categorize_player("
+                            "'g1', jsonb_build_object('sessions', length(t.player_id))) c"
+                            ).fetchone()[0] == 2500
+    finally:
+        conn.execute("RESET ALL")
+    assert expected[0] == 2500
+
+
 def test_cache_follows_reactivation_in_one_session(calibrated: psycopg.Connection) -> None:
     conn = calibrated
     first = conn.execute("SELECT taxonomy_id FROM segmentation.categorize_player("
