@@ -8,6 +8,7 @@ about 15 minutes on a 2-core machine.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import platform
 import statistics
@@ -474,9 +475,18 @@ def main() -> int:
     floor = features_script("public.bench_floor")
     floor_lookup = features_script("public.bench_floor_lookup")
     floor_vector = features_script("public.bench_floor_vector")
-    by_id = (f"\\set p random(0, {largest - 1})\n"
-             f"SELECT * FROM segmentation.categorize_player('{game}',"
-             f" 'p' || lpad(:p::text, 7, '0'), '{AS_OF}');\n")
+    def by_id_script(as_of: date) -> str:
+        return (f"\\set p random(0, {largest - 1})\n"
+                f"SELECT * FROM segmentation.categorize_player('{game}',"
+                f" 'p' || lpad(:p::text, 7, '0'), '{as_of}');\n")
+
+    # At the last run's as_of (NEXT_DAY), through the window cache; a day later, what a
+    # request path asks the day after a nightly run; and at an as_of before the cached
+    # days, which reads the whole window from the activity rows.
+    by_id = by_id_script(NEXT_DAY)
+    by_id_later = by_id_script(NEXT_DAY + timedelta(days=1))
+    by_id_whole = by_id_script(AS_OF)
+    cache_part = "segmentation.window_cache_" + hashlib.md5(game.encode()).hexdigest()
     stored = (f"\\set p random(0, {largest - 1})\n"
               f"SELECT * FROM segmentation.player_current_segment WHERE game_id = '{game}'"
               " AND player_id = 'p' || lpad(:p::text, 7, '0');\n")
@@ -493,9 +503,11 @@ def main() -> int:
         " and the feature vector built with a taxonomy kept in the function's SD."
         " The player_current_segment row is the last categorize_all's answer for a player"
         " (one row found through an index on (game_id, player_id)), what a request path reads"
-        " when the nightly answer is recent enough; categorize_player(player_id) recomputes"
-        " the answer from the player's activity rows, one heap page per active day in this"
-        " layout.")
+        " when the nightly answer is recent enough. categorize_player(player_id) runs at the"
+        f" last categorize_all's as_of ({NEXT_DAY}): it reads the player's row of the window"
+        " cache and the player's activity row of that day; a day later, the activity rows of"
+        " three days; at an as_of before the cached days, the player's whole window: one"
+        " heap page per active day in this layout.")
     say()
     say("| statement | clients | throughput | p50 | p95 | p99 | failed | throughput vs PK SELECT |")
     say("|---|---|---|---|---|---|---|---|")
@@ -523,6 +535,10 @@ def main() -> int:
                 f" | {_ratio(s_r.tps, base_r.tps)} |")
             if c == 4:
                 for label, script in (
+                        ("categorize_player(player_id), a day later"
+                         f" ({NEXT_DAY + timedelta(days=1)})", by_id_later),
+                        (f"categorize_player(player_id), whole window (as_of {AS_OF})",
+                         by_id_whole),
                         ("floor: PL/Python, same record, no work", floor),
                         ("floor: ... plus the active-taxonomy lookup", floor_lookup),
                         ("floor: no lookup, jsonb parsed and feature vector built",
@@ -544,28 +560,34 @@ def main() -> int:
     # above depend on what the kernel happened to keep in its page cache.
     cold: list[str] = []
     with psycopg.connect(dsn, autocommit=True) as stats:
-        for c in (1, 4):
-            if _evict_from_page_cache(stats, "segmentation.player_activity") is None:
+        for label, script, c in (("through the cache", by_id, 1),
+                                 ("through the cache", by_id, 4),
+                                 (f"whole window (as_of {AS_OF})", by_id_whole, 4)):
+            if (_evict_from_page_cache(stats, "segmentation.player_activity") is None
+                    or _evict_from_page_cache(stats, cache_part) is None):
                 break
             before = _reads(stats)
-            r = run_pgbench(dsn, by_id, c, args.seconds)
+            r = run_pgbench(dsn, script, c, args.seconds)
             time.sleep(1.0)
             after = _reads(stats)
             calls = max(1, after[2] - before[2])
-            cold.append(f"| {c} | {_fmt_load(r)} | {(after[0] - before[0]) / calls:.1f}"
+            cold.append(f"| {label} | {c} | {_fmt_load(r)}"
+                        f" | {(after[0] - before[0]) / calls:.1f}"
                         f" | {(after[1] - before[1]) / calls:.3f}"
                         f" | {_ratio(r.tps, base_tps.get(c, 0.0))} |")
     say("## categorize_player(player_id) from the disk")
     say()
     if cold:
-        say("Before each run, player_activity and its indexes are dropped from the kernel's"
-            " page cache (posix_fadvise DONTNEED on their files; what shared_buffers holds"
-            " stays), so the window's pages come from the disk. Same statement and"
-            " population as above; the ratio is against the PK SELECT above.")
+        say("Before each run, player_activity, the game's partition of the window cache and"
+            " their indexes are dropped from the kernel's page cache (posix_fadvise DONTNEED"
+            " on their files; what shared_buffers holds stays: the nightly run has just read"
+            " and written some of those pages), so that what is not in shared buffers comes"
+            " from the disk. Same statements and population as above; the ratio is against"
+            " the PK SELECT above.")
         say()
-        say("| clients | throughput | p50 | p95 | p99 | failed | blocks read per call"
-            " | read time per call (ms) | throughput vs PK SELECT |")
-        say("|---|---|---|---|---|---|---|---|---|")
+        say("| categorize_player(player_id) | clients | throughput | p50 | p95 | p99 | failed"
+            " | blocks read per call | read time per call (ms) | throughput vs PK SELECT |")
+        say("|---|---|---|---|---|---|---|---|---|---|")
         for row in cold:
             say(row)
     else:

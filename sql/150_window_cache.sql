@@ -146,6 +146,11 @@ BEGIN
     END IF;
     DELETE FROM segmentation.window_cache_state s WHERE s.game_id = game;
     IF rel IS NOT NULL THEN
+        -- Rebuilt after the fill (_index_window_cache): 0.33 s at 1M players, against
+        -- 0.6-0.7 s more for the INSERT that maintains it.
+        IF to_regclass(format('segmentation.%I', part || '_player')) IS NOT NULL THEN
+            EXECUTE format('DROP INDEX segmentation.%I', part || '_player');
+        END IF;
         EXECUTE format('TRUNCATE %s', rel);
         RETURN rel;
     END IF;
@@ -154,14 +159,41 @@ BEGIN
     rel := format('segmentation.%I', part)::regclass;
     EXECUTE format('COMMENT ON TABLE %s IS %L', rel,
                    'Window cache of game ' || game || ' (a partition of window_cache).');
-    -- What every table of the schema grants (sql/900_privileges.sql): partitions do not
-    -- inherit their parent's privileges, and the runs write to the partition directly.
+    -- What the parent grants (sql/900_privileges.sql): partitions do not inherit their
+    -- parent's privileges, and the runs and categorize_player use the partition directly.
     EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON %s TO segmentation_admin', rel);
+    EXECUTE format('GRANT SELECT ON %s TO segmentation_app', rel);
     RETURN rel;
 END
 $$;
 COMMENT ON FUNCTION segmentation._empty_window_cache(text) IS
     'For categorize_all''s window cache: empties the game''s partition of window_cache (created on first use) and deletes its cache state; returns the partition. SECURITY DEFINER because TRUNCATE and CREATE need the table''s owner (see sql/150_window_cache.sql).';
+
+-- SECURITY DEFINER, like _empty_window_cache and for the same reason (CREATE INDEX needs
+-- the table's owner): after a run has filled its game's partition, indexes it by player
+-- for categorize_player (window_cache.PlayerReader), which uses the cache only when this
+-- index exists. The partition and index names are derived from the game (md5, through
+-- %I). EXECUTE for segmentation_admin only (sql/900_privileges.sql).
+CREATE OR REPLACE FUNCTION segmentation._index_window_cache(game text)
+RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    part text := 'window_cache_' || md5(game);
+    rel regclass := to_regclass(format('segmentation.%I', part));
+BEGIN
+    IF rel IS NULL THEN
+        RAISE EXCEPTION 'segmentation: game % has no window cache', quote_literal(game)
+            USING ERRCODE = '42P01';
+    END IF;
+    IF to_regclass(format('segmentation.%I', part || '_player')) IS NULL THEN
+        EXECUTE format('CREATE INDEX %I ON %s (player_id)', part || '_player', rel);
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION segmentation._index_window_cache(text) IS
+    'For categorize_all''s window cache: indexes the game''s partition of window_cache by player once a run has filled it (categorize_player reads a player''s row through it). SECURITY DEFINER because CREATE INDEX needs the table''s owner (see sql/150_window_cache.sql).';
 
 -- Writes made while the triggers were missing (between an uninstall and this install)
 -- were not logged: no cache may be trusted after an install. The next run rebuilds.

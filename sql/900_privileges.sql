@@ -7,8 +7,8 @@
 -- Roles are nested (reader < app < admin) by the loader.
 -- All functions have a pinned search_path and are SECURITY INVOKER, except
 -- _record_failed_run (SECURITY DEFINER, justified in 050_run_log.sql; admin only) and
--- the window cache's trigger function and _empty_window_cache (justified in
--- 150_window_cache.sql; the latter admin only).
+-- the window cache's trigger function, _empty_window_cache and _index_window_cache
+-- (justified in 150_window_cache.sql; the last two admin only).
 
 REVOKE ALL ON SCHEMA segmentation FROM PUBLIC;
 REVOKE ALL ON ALL TABLES IN SCHEMA segmentation FROM PUBLIC;
@@ -31,6 +31,24 @@ GRANT EXECUTE ON FUNCTION segmentation.version(), segmentation.health(), segment
 
 GRANT SELECT ON segmentation.player_activity, segmentation.feature_sources
    TO segmentation_app;
+-- categorize_player(player_id) reads a player's window through the window cache: the
+-- same information as the player's activity rows, which this role reads anyway.
+GRANT SELECT ON segmentation.window_cache, segmentation.window_cache_state,
+                segmentation.activity_changes
+   TO segmentation_app;
+-- Partitions do not inherit their parent's privileges (new ones get them from
+-- _empty_window_cache, sql/150_window_cache.sql).
+DO $$
+DECLARE
+    part regclass;
+BEGIN
+    FOR part IN SELECT i.inhrelid::regclass FROM pg_catalog.pg_inherits i
+                 WHERE i.inhparent = 'segmentation.window_cache'::regclass
+    LOOP
+        EXECUTE format('GRANT SELECT ON %s TO segmentation_app', part);
+    END LOOP;
+END
+$$;
 GRANT EXECUTE ON FUNCTION segmentation.categorize_player(text, text, date),
                           segmentation.categorize_player(text, jsonb)
    TO segmentation_app;

@@ -203,6 +203,27 @@ def day_rows_sql(n_metrics: int, *, day: str, metrics: str) -> str:
             f" WHERE a.game_id = $1 AND a.activity_date = {day}::date")
 
 
+def player_days_sql(n_metrics: int) -> str:
+    """One player's rows on the days a window gained and lost since the window cache.
+
+    For :func:`window_cache.player_aggregates`. Parameters: $1 game_id text, $2
+    player_id text, $3 as_of date, $4 metrics text[], $5 ahead int (as_of minus the
+    cache's last cached day), $6 kept int (cached days). Rows of the days that entered,
+    ``(as_of - ahead, as_of]``, and of those that left, ``(as_of - ahead - kept, as_of -
+    kept - 1]``, each read by a range of the primary key. Columns: ``back`` (as_of minus
+    the row's day) and ``totals`` (float8[n]: each metric's value if valid, else 0, as
+    :func:`day_rows_sql`).
+    """
+    if not 0 < n_metrics <= MAX_METRICS:
+        raise ValueError(f"n_metrics must be in 1..{MAX_METRICS}")
+    values = ", ".join(f"coalesce({_value(i)}, 0)" for i in range(1, n_metrics + 1))
+    select = (f"SELECT $3::date - a.activity_date AS back, ARRAY[{values}]::float8[] AS totals"
+              " FROM segmentation.player_activity a WHERE a.game_id = $1 AND a.player_id = $2")
+    return (f"{select} AND a.activity_date > $3::date - $5 AND a.activity_date <= $3::date"
+            f" UNION ALL {select} AND a.activity_date > $3::date - $5 - $6"
+            " AND a.activity_date <= $3::date - $6 - 1")
+
+
 def days_delta_sql(n_metrics: int, *, bits_length: int) -> str:
     """Per-player aggregates of three spans of a game's days, read in one scan.
 

@@ -481,6 +481,7 @@ class _Cached:
         self.segment_json = [json.dumps(n) for n in self.segment_names]
         self.axis_json = [json.dumps(n) for n in self.axis_names]
         self.player_plan: Any = None
+        self.cache_reader: window_cache.PlayerReader | None = None
         # Taxonomy.score_one for raw vectors in recipe order, precomputed here so the
         # first caller does not pay for it.
         self.score = self.taxonomy.scorer(self.feature_names)
@@ -623,6 +624,12 @@ def categorize_player(plpy: Any, GD: dict, game_id: str, player_id: str | None,
                               hint="categorize_player(game_id, player_id, as_of => current_date).")
     recipe = entry.recipe
     if recipe.kind == "activity":
+        if entry.cache_reader is None:
+            entry.cache_reader = window_cache.PlayerReader(plpy, game_id, recipe)
+        cached = entry.cache_reader.aggregates(plpy, player_id, as_of)
+        if cached is not None:
+            x = features_from_aggregates(np.array([cached], dtype=np.float64))[0]
+            return _answer(entry, entry.score(x))
         if entry.player_plan is None:
             entry.player_plan = plpy.prepare(
                 activity_aggregate_sql(len(recipe.metrics), player_filter=True,

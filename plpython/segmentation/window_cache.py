@@ -49,6 +49,7 @@ from segmentation.features import (
     day_rows_sql,
     days_aggregate_sql,
     days_delta_sql,
+    player_days_sql,
 )
 from segmentation.population import POPULATION_TABLE, drop_temp_table
 
@@ -413,6 +414,8 @@ def _save(plpy: Any, game_id: str, through: date, lookback: int, metrics: list[s
         f"INSERT INTO {part} (game_id, player_id, days, totals, as_of_totals)"
         f" SELECT $1, player_id, days, totals, fresh FROM {POPULATION_TABLE}",
         ["text"]), [game_id]).nrows()
+    plpy.execute(plpy.prepare("SELECT segmentation._index_window_cache($1)", ["text"]),
+                 [game_id])
     plpy.execute(plpy.prepare(
         "INSERT INTO segmentation.window_cache_state (game_id, cached_through, built_through,"
         " lookback_days, metrics, players, holds_as_of_day)"
@@ -423,3 +426,111 @@ def _save(plpy: Any, game_id: str, through: date, lookback: int, metrics: list[s
         " updated_at = now()",
         ["text", "date", "date", "int4", "text[]", "int8"]),
         [game_id, through.isoformat(), built.isoformat(), lookback, metrics, n])
+
+
+class PlayerReader:
+    """One player's window aggregates through the game's cache, for categorize_player.
+
+    Where the exact path reads one heap page per active day of the player's window,
+    this reads the player's cache row (through the partition's player index, which each
+    run builds: segmentation._index_window_cache) and only the player's rows of the days
+    that entered or left the window since the run's cached days: at the run's as_of,
+    that day's row; a day later, the two newest days' rows and the one of the day that
+    left. Plans for one game and recipe, kept with the cached taxonomy.
+    """
+
+    def __init__(self, plpy: Any, game_id: str, recipe: FeatureRecipe) -> None:
+        self.game_id = game_id
+        self.metrics = list(recipe.metrics)
+        self.lookback = int(recipe.lookback_days or 0)
+        # The cache lock tried shared (never waited for): a run holds it exclusively
+        # while it rewrites the game's cache, whose partition it then holds ACCESS
+        # EXCLUSIVE until it commits; held, it keeps a run from starting until this
+        # transaction ends. The partition is looked up by name on every call (a run
+        # creates it, an admin may drop it).
+        # A partition without its player index (a run in progress dropped it, or an
+        # older version wrote it) is not read; nor is the cache on a hot standby, where
+        # unlogged tables cannot be read (and are empty).
+        self.gate = plpy.prepare(
+            "SELECT pg_catalog.isfinite($3::date) AS finite,"
+            " CASE WHEN pg_catalog.pg_is_in_recovery() THEN false"
+            "  ELSE pg_catalog.pg_try_advisory_xact_lock_shared($1, pg_catalog.hashtext($2))"
+            " END AS free,"
+            " pg_catalog.to_regclass('segmentation.' || pg_catalog.quote_ident("
+            "'window_cache_' || pg_catalog.md5($2)))::pg_catalog.oid AS part,"
+            " pg_catalog.to_regclass('segmentation.' || pg_catalog.quote_ident("
+            "'window_cache_' || pg_catalog.md5($2) || '_player')) IS NOT NULL AS indexed",
+            ["int4", "text", "date"])
+        self.part: int | None = None
+        self.cached: Any = None
+        self.days = plpy.prepare(player_days_sql(len(self.metrics)),
+                                 ["text", "text", "date", "text[]", "int4", "int4"])
+
+    def _prepare_cached(self, plpy: Any, part: int) -> None:
+        name = plpy.execute(plpy.prepare("SELECT $1::pg_catalog.regclass::text AS name",
+                                         ["oid"]), [part])[0]["name"]
+        # The cached days of the player, when the cache holds the recipe's window, ends
+        # before as_of by less than a window, and no write since the run touched the
+        # player's cached days (or those two cached spans back, which a run may have
+        # subtracted in a newer form: window_cache._mark_dirty) or any cached day of an
+        # unknown player (window_cache._rebuild_reason).
+        self.cached = plpy.prepare(
+            "SELECT $2::date - s.cached_through AS ahead, w.days::text AS days, w.totals"
+            f" FROM segmentation.window_cache_state s JOIN {name} w ON w.player_id = $3"
+            " WHERE s.game_id = $1 AND s.lookback_days = $4 AND s.metrics = $5"
+            " AND s.cached_through < $2::date AND $2::date - s.cached_through < s.lookback_days"
+            " AND NOT EXISTS (SELECT 1 FROM segmentation.activity_changes n"
+            "  WHERE n.game_id = $1 AND (n.player_id = $3 OR n.player_id IS NULL)"
+            "  AND n.activity_date > s.cached_through - 2 * (s.lookback_days - 1)"
+            "  AND n.activity_date <= s.cached_through)",
+            ["text", "date", "text", "int4", "text[]"])
+        self.part = part
+
+    def aggregates(self, plpy: Any, player_id: str, as_of: str) -> list[float] | None:
+        """[active_days, days_since_last, tenure_days, metric totals...] of the player's
+        window up to ``as_of``, as features.activity_aggregate_sql computes them; None
+        when the cache cannot answer (the caller then reads the whole window)."""
+        kept = self.lookback - 1
+        if kept < 1:
+            return None
+        gate = plpy.execute(self.gate, [CACHE_LOCK, self.game_id, as_of])[0]
+        if not (gate["finite"] and gate["free"] and gate["indexed"]) or gate["part"] is None:
+            return None
+        if gate["part"] != self.part:
+            self._prepare_cached(plpy, gate["part"])
+        rows = plpy.execute(self.cached, [self.game_id, as_of, player_id, self.lookback,
+                                          self.metrics])
+        if not rows:
+            return None
+        ahead, bits, cached_totals = int(rows[0]["ahead"]), rows[0]["days"], rows[0]["totals"]
+        m = len(self.metrics)
+        if len(bits) != kept or len(cached_totals) != m:
+            return None
+        # Bit i is the day ahead + i before as_of; those past the window's start left it.
+        remain = kept + 1 - ahead
+        backs = [ahead + i for i in range(remain) if bits[i] == "1"]
+        leaving = {ahead + i for i in range(remain, kept) if bits[i] == "1"}
+        totals = [float(v) for v in cached_totals]
+        entered: list[tuple[int, list[float]]] = []
+        for row in plpy.execute(self.days, [self.game_id, player_id, as_of, self.metrics,
+                                            ahead, kept]):
+            back, values = int(row["back"]), row["totals"]
+            if back < ahead:
+                entered.append((back, values))
+            elif back in leaving:
+                leaving.discard(back)
+                totals = [t - v for t, v in zip(totals, values, strict=True)]
+            else:
+                return None  # a row the cache did not count: written since, unnoted
+        if leaving:
+            return None  # a row the cache counted is gone
+        if not backs:
+            # As the runs do: no cached day left counts nothing, not the rounding left
+            # over from subtracting them (window_cache._population_sql).
+            totals = [0.0] * m
+        for back, values in entered:
+            backs.append(back)
+            totals = [t + v for t, v in zip(totals, values, strict=True)]
+        if not backs:
+            return None
+        return [float(len(backs)), float(min(backs)), float(max(backs) + 1), *totals]

@@ -172,7 +172,8 @@ def restore_and_verify(source: Source, dsn: str, *options: str) -> None:
     assert migrate.applied(dsn) == ["0001_initial", "0002_memberships_fillfactor",
                                      "0003_segment_transition_counts", "0004_window_cache",
                                      "0005_window_cache_as_of_day",
-                                     "0006_window_cache_partitions", "0007_segment_totals"]
+                                     "0006_window_cache_partitions", "0007_segment_totals",
+                                     "0008_activity_changes_player_index"]
     report = install.install(dsn, lib_base=LIB_DIR)
     assert report.migrations_applied == []
 

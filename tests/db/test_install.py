@@ -93,7 +93,8 @@ def test_fresh_install_via_cli_then_status(bare_dsn: str) -> None:
     assert status["migrations"] == ["0001_initial", "0002_memberships_fillfactor",
                                     "0003_segment_transition_counts", "0004_window_cache",
                                     "0005_window_cache_as_of_day",
-                                    "0006_window_cache_partitions", "0007_segment_totals"]
+                                    "0006_window_cache_partitions", "0007_segment_totals",
+                                    "0008_activity_changes_player_index"]
     assert status["python_runtime"]["scikit_learn"] == "1.9.1"
 
 

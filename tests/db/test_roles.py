@@ -63,8 +63,9 @@ def _actions() -> dict[str, tuple[str, frozenset[str]]]:
     a["select-segment_transition_counts"] = (
         "SELECT * FROM segmentation.segment_transition_counts LIMIT 1", ADMIN)
     a["select-segment_totals"] = ("SELECT * FROM segmentation.segment_totals LIMIT 1", ADMIN)
+    # categorize_player(player_id) reads a player's window through the cache.
     for table in ("window_cache_state", "window_cache", "activity_changes"):
-        a[f"select-{table}"] = (f"SELECT * FROM segmentation.{table} LIMIT 1", ADMIN)
+        a[f"select-{table}"] = (f"SELECT * FROM segmentation.{table} LIMIT 1", APP)
     # A trigger function runs for whoever writes player_activity (SECURITY DEFINER,
     # justified in its comment); it cannot be called directly.
     a["call-_log_activity_changes"] = (
@@ -79,9 +80,11 @@ def _actions() -> dict[str, tuple[str, frozenset[str]]]:
     # DEFINER, justified in its comment): admins cannot TRUNCATE or create it themselves.
     a["call-_empty_window_cache"] = ("SELECT segmentation._empty_window_cache('g_probe')",
                                      ADMIN)
+    # And indexes it by player once filled (SECURITY DEFINER for the same reason).
+    a["call-_index_window_cache"] = ("SELECT segmentation._index_window_cache('g1')", ADMIN)
     # g1's partition (from the world's categorize_all) grants what its parent does.
     g1_cache = "segmentation.window_cache_" + hashlib.md5(b"g1").hexdigest()
-    a["select-window_cache-partition"] = (f"SELECT * FROM {g1_cache} LIMIT 1", ADMIN)
+    a["select-window_cache-partition"] = (f"SELECT * FROM {g1_cache} LIMIT 1", APP)
     a["insert-window_cache-partition"] = (
         f"INSERT INTO {g1_cache} (game_id) SELECT NULL WHERE false", ADMIN)
     a["truncate-window_cache-partition"] = (f"TRUNCATE {g1_cache}", NOONE)

@@ -36,7 +36,7 @@ NEW_MIGRATIONS = ["0002_memberships_fillfactor"]
 ALL_MIGRATIONS = ["0001_initial", "0002_memberships_fillfactor",
                   "0003_segment_transition_counts", "0004_window_cache",
                   "0005_window_cache_as_of_day", "0006_window_cache_partitions",
-                  "0007_segment_totals"]
+                  "0007_segment_totals", "0008_activity_changes_player_index"]
 GAME = "g1"
 PLAYERS = 2000
 TABLES = {
@@ -239,6 +239,13 @@ def test_rollback_of_the_latest_migration_then_reinstall(bare_dsn: str) -> None:
         summary = conn.execute(SUMMARY).fetchall()
         assert sum(r[3] for r in summary) == 800
     assert conn_partitions(bare_dsn) == 1
+    # 0008 puts back the change log's index by game.
+    assert migrate.rollback_latest(bare_dsn) == ["0008_activity_changes_player_index"]
+    with psycopg.connect(bare_dsn, autocommit=True) as conn:
+        assert checksums(conn) == before
+        assert conn.execute("SELECT to_regclass('segmentation.activity_changes_game_idx')"
+                            " IS NOT NULL AND to_regclass('segmentation.activity_changes"
+                            "_player_idx') IS NULL").fetchone()[0]
     # 0007 drops only the per-game segment totals.
     assert migrate.rollback_latest(bare_dsn) == ["0007_segment_totals"]
     with psycopg.connect(bare_dsn, autocommit=True) as conn:
@@ -274,7 +281,8 @@ def test_rollback_of_the_latest_migration_then_reinstall(bare_dsn: str) -> None:
     # ... and applied to a populated database it counts the existing history.
     assert install.install(bare_dsn, lib_base=LIB_DIR).migrations_applied == [
         "0003_segment_transition_counts", "0004_window_cache", "0005_window_cache_as_of_day",
-        "0006_window_cache_partitions", "0007_segment_totals"]
+        "0006_window_cache_partitions", "0007_segment_totals",
+        "0008_activity_changes_player_index"]
     with psycopg.connect(bare_dsn, autocommit=True) as conn:
         assert conn.execute(TRANSITIONS).fetchall() == from_history
         # 0007 counted the current memberships: the summary reads as before.
@@ -282,6 +290,7 @@ def test_rollback_of_the_latest_migration_then_reinstall(bare_dsn: str) -> None:
         assert [r[:4] + r[5:] for r in again] == [r[:4] + r[5:] for r in summary]
         for got, want in zip(again, summary, strict=True):
             assert got[4] == pytest.approx(want[4], rel=1e-12)
+    assert migrate.rollback_latest(bare_dsn) == ["0008_activity_changes_player_index"]
     assert migrate.rollback_latest(bare_dsn) == ["0007_segment_totals"]
     assert migrate.rollback_latest(bare_dsn) == ["0006_window_cache_partitions"]
     assert migrate.rollback_latest(bare_dsn) == ["0005_window_cache_as_of_day"]

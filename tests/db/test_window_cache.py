@@ -39,25 +39,43 @@ def categorize(conn: psycopg.Connection, as_of: date) -> dict[str, Any]:
     return result
 
 
+ANSWERS = ("SELECT p.player_id, c.segment_id, c.membership, c.anomaly_score"
+           " FROM unnest(%s::text[]) p(player_id)"
+           " CROSS JOIN LATERAL segmentation.categorize_player('g1', p.player_id, %s) c")
+
+
+def single_calls(conn: psycopg.Connection, players: list[str], as_of: date, *,
+                 exact: bool) -> dict[str, tuple[Any, ...]]:
+    """categorize_player's answers by player. ``exact``: with the game's window cache out
+    of its reach (its state deleted in a transaction rolled back afterwards), so that each
+    answer is aggregated from the player's activity rows."""
+    with conn.transaction(force_rollback=True):
+        if exact:
+            conn.execute("DELETE FROM segmentation.window_cache_state WHERE game_id = 'g1'")
+        return {r[0]: r[1:] for r in conn.execute(ANSWERS, (players, as_of))}
+
+
 def assert_matches_single_calls(conn: psycopg.Connection, as_of: date, players: int) -> None:
+    """The run's stored rows, and categorize_player through the cache, against
+    categorize_player's exact answers, for exactly the players active in the window."""
     window = [r[0] for r in conn.execute(
         "SELECT DISTINCT player_id FROM segmentation.player_activity WHERE game_id = 'g1'"
         " AND activity_date > %s::date - %s AND activity_date <= %s",
         (as_of, LOOKBACK, as_of))]
     assert players == len(window)
-    rows = conn.execute(
-        "SELECT p.player_id, c.segment_id, c.membership, c.anomaly_score, m.segment_id,"
-        " m.membership, m.anomaly_score, m.as_of FROM unnest(%s::text[]) p(player_id)"
-        " CROSS JOIN LATERAL segmentation.categorize_player('g1', p.player_id, %s) c"
-        " JOIN segmentation.player_segment_memberships m ON m.game_id = 'g1'"
-        " AND m.player_id = p.player_id AND m.valid_to IS NULL", (window, as_of)).fetchall()
-    assert len(rows) == len(window)
-    for player, segment, degree, anomaly, stored_segment, stored_degree, stored_anomaly, \
-            stored_as_of in rows:
-        assert stored_as_of == as_of, player
-        assert stored_segment == segment, player
-        assert stored_degree == pytest.approx(degree, rel=1e-9, abs=1e-9), player
-        assert stored_anomaly == pytest.approx(anomaly, rel=1e-9, abs=1e-9), player
+    exact = single_calls(conn, window, as_of, exact=True)
+    cached = single_calls(conn, window, as_of, exact=False)
+    stored = {r[0]: r[1:] for r in conn.execute(
+        "SELECT player_id, segment_id, membership, anomaly_score, as_of"
+        " FROM segmentation.player_segment_memberships"
+        " WHERE game_id = 'g1' AND valid_to IS NULL AND player_id = ANY(%s)", (window,))}
+    assert exact.keys() == cached.keys() == stored.keys() == set(window)
+    for player, (segment, degree, anomaly) in exact.items():
+        assert stored[player][3] == as_of, player
+        for got in (stored[player][:3], cached[player]):
+            assert got[0] == segment, player
+            assert got[1] == pytest.approx(degree, rel=1e-9, abs=1e-9), player
+            assert got[2] == pytest.approx(anomaly, rel=1e-9, abs=1e-9), player
 
 
 def test_later_runs_read_only_the_changes_and_match_a_whole_window_run(
@@ -414,3 +432,78 @@ def test_a_repeatable_read_run_does_not_trust_a_state_changed_since_its_snapshot
         with pytest.raises(psycopg.errors.SerializationFailure):
             run.execute("SELECT segmentation.categorize_all('g1', %s)", (AS_OF,))
     assert categorize(conn, AS_OF)["window_cache"]["reason"] == "no cache"
+
+
+def _partition_fetches(conn: psycopg.Connection) -> int:
+    """Rows fetched by index from g1's partition of window_cache, counted in this backend
+    since its statistics were last reported (take differences within one transaction:
+    counts of earlier transactions may not be reported yet)."""
+    part = "segmentation.window_cache_" + hashlib.md5(b"g1").hexdigest()
+    return conn.execute("SELECT coalesce(sum(idx_tup_fetch), 0) FROM pg_stat_xact_user_tables"
+                        " WHERE relid = %s::regclass", (part,)).fetchone()[0]
+
+
+def test_categorize_player_reads_a_players_window_through_the_cache(
+        calibrated: psycopg.Connection, dsn: str) -> None:
+    """After a run, categorize_player(player_id) reads the player's cache row and only the
+    activity of the days that entered or left the window since, at the run's as_of and
+    days later, and answers exactly as from the whole window; it reads the whole window
+    for a player whose cached days were written since, and while a run rewrites the
+    cache (without waiting for it)."""
+    conn = calibrated
+    categorize(conn, AS_OF)  # also: stored rows and cached answers against exact ones
+    cached_players = [r[0] for r in conn.execute(
+        "SELECT player_id FROM segmentation.window_cache WHERE game_id = 'g1'"
+        " AND bit_count(days) > 0 ORDER BY player_id")]
+    assert len(cached_players) > 1000
+    with conn.transaction(force_rollback=True):
+        start = _partition_fetches(conn)
+        conn.execute(ANSWERS, (cached_players, AS_OF)).fetchall()
+        assert _partition_fetches(conn) - start == len(cached_players)
+    # Two and four days later, with new activity for some players: the days that entered
+    # are read from the rows, those that left are subtracted.
+    conn.execute("INSERT INTO segmentation.player_activity SELECT 'g1', player_id, %s::date"
+                 " + d, jsonb_build_object('sessions', 3 + d, 'minutes_played', 40 * d)"
+                 " FROM unnest(%s::text[]) p(player_id), generate_series(1, 2) d",
+                 (AS_OF, cached_players[::7]))
+    sample = [*cached_players[::5], "nobody"]
+    for later in (AS_OF + timedelta(days=2), AS_OF + timedelta(days=4)):
+        window = [r[0] for r in conn.execute(
+            "SELECT DISTINCT player_id FROM segmentation.player_activity WHERE game_id = 'g1'"
+            " AND activity_date > %s::date - %s AND activity_date <= %s"
+            " AND player_id = ANY(%s)", (later, LOOKBACK, later, sample))]
+        assert 0 < len(window) < len(sample)
+        exact = single_calls(conn, window, later, exact=True)
+        with conn.transaction(force_rollback=True):
+            start = _partition_fetches(conn)
+            cached = {r[0]: r[1:] for r in conn.execute(ANSWERS, (window, later))}
+            assert _partition_fetches(conn) - start > 0.8 * len(window)
+        assert cached.keys() == exact.keys()
+        for player, (segment, degree, anomaly) in exact.items():
+            assert cached[player][0] == segment, player
+            assert cached[player][1] == pytest.approx(degree, rel=1e-9, abs=1e-9), player
+            assert cached[player][2] == pytest.approx(anomaly, rel=1e-9, abs=1e-9), player
+    # A write to a cached day of one player: that player's answer follows it at once.
+    player = cached_players[3]
+    before = single_calls(conn, [player], AS_OF, exact=False)[player]
+    conn.execute("UPDATE segmentation.player_activity SET metrics = '{\"sessions\": 900,"
+                 " \"minutes_played\": 90000}' WHERE game_id = 'g1' AND player_id = %s"
+                 " AND activity_date = (SELECT max(activity_date) FROM"
+                 " segmentation.player_activity WHERE game_id = 'g1' AND player_id = %s"
+                 " AND activity_date < %s)", (player, player, AS_OF))
+    after = single_calls(conn, [player], AS_OF, exact=False)[player]
+    assert after == single_calls(conn, [player], AS_OF, exact=True)[player]
+    assert after != before
+    # While a run holds the game's cache lock (here another session holds it, as a run
+    # does from its start to its end), calls read the rows instead of waiting.
+    with psycopg.connect(dsn, autocommit=True) as run:
+        run.execute("SELECT pg_advisory_lock(7301004, hashtext('g1'))")
+        conn.execute("SET statement_timeout = '5s'")
+        try:
+            with conn.transaction(force_rollback=True):
+                start = _partition_fetches(conn)
+                got = {r[0]: r[1:] for r in conn.execute(ANSWERS, (sample[:20], AS_OF))}
+                assert _partition_fetches(conn) == start
+        finally:
+            conn.execute("RESET statement_timeout")
+    assert got == single_calls(conn, sample[:20], AS_OF, exact=True)
