@@ -466,9 +466,15 @@ class PlayerReader:
         self.days = plpy.prepare(player_days_sql(len(self.metrics)),
                                  ["text", "text", "date", "text[]", "int4", "int4"])
 
-    def _prepare_cached(self, plpy: Any, part: int) -> None:
-        name = plpy.execute(plpy.prepare("SELECT $1::pg_catalog.regclass::text AS name",
-                                         ["oid"]), [part])[0]["name"]
+    def _prepare_cached(self, plpy: Any, part: int) -> bool:
+        # Schema-qualified whatever the session's search_path (regclass output is not).
+        named = plpy.execute(plpy.prepare(
+            "SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) AS name"
+            " FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n"
+            " ON n.oid = c.relnamespace WHERE c.oid = $1", ["oid"]), [part])
+        if not named:
+            return False  # dropped since the gate looked
+        name = named[0]["name"]
         # The cached days of the player, when the cache holds the recipe's window, ends
         # before as_of by less than a window, and no write since the run touched the
         # player's cached days (or those two cached spans back, which a run may have
@@ -485,6 +491,7 @@ class PlayerReader:
             "  AND n.activity_date <= s.cached_through)",
             ["text", "date", "text", "int4", "text[]"])
         self.part = part
+        return True
 
     def aggregates(self, plpy: Any, player_id: str, as_of: str) -> list[float] | None:
         """[active_days, days_since_last, tenure_days, metric totals...] of the player's
@@ -496,8 +503,8 @@ class PlayerReader:
         gate = plpy.execute(self.gate, [CACHE_LOCK, self.game_id, as_of])[0]
         if not (gate["finite"] and gate["free"] and gate["indexed"]) or gate["part"] is None:
             return None
-        if gate["part"] != self.part:
-            self._prepare_cached(plpy, gate["part"])
+        if gate["part"] != self.part and not self._prepare_cached(plpy, gate["part"]):
+            return None
         rows = plpy.execute(self.cached, [self.game_id, as_of, player_id, self.lookback,
                                           self.metrics])
         if not rows:
