@@ -206,7 +206,7 @@ def day_rows_sql(n_metrics: int, *, day: str, metrics: str) -> str:
 def player_days_sql(n_metrics: int) -> str:
     """One player's rows on the days a window gained and lost since the window cache.
 
-    For :func:`window_cache.player_aggregates`. Parameters: $1 game_id text, $2
+    For :meth:`window_cache.PlayerReader.aggregates`. Parameters: $1 game_id text, $2
     player_id text, $3 as_of date, $4 metrics text[], $5 ahead int (as_of minus the
     cache's last cached day), $6 kept int (cached days). Rows of the days that entered,
     ``(as_of - ahead, as_of]``, and of those that left, ``(as_of - ahead - kept, as_of -

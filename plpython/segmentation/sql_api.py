@@ -707,7 +707,7 @@ def _write_segment_totals(plpy: Any, game_id: str) -> None:
     taxonomy, each cut to its own taxonomy's width: positional sums read each array
     once, where unnesting every array took twice as long at 1M players. The aggregate
     runs as an unprepared SELECT (the game as a quoted literal), which may use parallel
-    workers: 0.42 s at 1M players here, against 0.70 s inside the INSERT (an INSERT or a
+    workers: 0.39-0.42 s at 1M players here, against 0.70 s inside the INSERT (an INSERT or a
     prepared statement runs without them).
     """
     width = plpy.execute(plpy.prepare(
