@@ -443,38 +443,35 @@ class PlayerReader:
         self.game_id = game_id
         self.metrics = list(recipe.metrics)
         self.lookback = int(recipe.lookback_days or 0)
+        # The game's partition and its player index, schema-qualified and quoted, named
+        # once here (as _empty_window_cache and _index_window_cache name them).
+        names = plpy.execute(plpy.prepare(
+            "SELECT 'segmentation.' || pg_catalog.quote_ident('window_cache_'"
+            " || pg_catalog.md5($1)) AS part, 'segmentation.' || pg_catalog.quote_ident("
+            "'window_cache_' || pg_catalog.md5($1) || '_player') AS index", ["text"]),
+            [game_id])[0]
+        self.part_name, self.index_name = names["part"], names["index"]
         # The cache lock tried shared (never waited for): a run holds it exclusively
         # while it rewrites the game's cache, whose partition it then holds ACCESS
         # EXCLUSIVE until it commits; held, it keeps a run from starting until this
-        # transaction ends. The partition is looked up by name on every call (a run
-        # creates it, an admin may drop it).
-        # A partition without its player index (a run in progress dropped it, or an
-        # older version wrote it) is not read; nor is the cache on a hot standby, where
-        # unlogged tables cannot be read (and are empty).
+        # transaction ends. The partition is looked up on every call (a run creates it,
+        # an admin may drop it). A partition without its player index (a run in progress
+        # dropped it, or an older version wrote it) is not read; nor is the cache on a
+        # hot standby, where unlogged tables cannot be read (and are empty).
         self.gate = plpy.prepare(
             "SELECT pg_catalog.isfinite($3::date) AS finite,"
             " CASE WHEN pg_catalog.pg_is_in_recovery() THEN false"
             "  ELSE pg_catalog.pg_try_advisory_xact_lock_shared($1, pg_catalog.hashtext($2))"
             " END AS free,"
-            " pg_catalog.to_regclass('segmentation.' || pg_catalog.quote_ident("
-            "'window_cache_' || pg_catalog.md5($2)))::pg_catalog.oid AS part,"
-            " pg_catalog.to_regclass('segmentation.' || pg_catalog.quote_ident("
-            "'window_cache_' || pg_catalog.md5($2) || '_player')) IS NOT NULL AS indexed",
-            ["int4", "text", "date"])
+            " pg_catalog.to_regclass($4)::pg_catalog.oid AS part,"
+            " pg_catalog.to_regclass($5) IS NOT NULL AS indexed",
+            ["int4", "text", "date", "text", "text"])
         self.part: int | None = None
         self.cached: Any = None
         self.days = plpy.prepare(player_days_sql(len(self.metrics)),
                                  ["text", "text", "date", "text[]", "int4", "int4"])
 
-    def _prepare_cached(self, plpy: Any, part: int) -> bool:
-        # Schema-qualified whatever the session's search_path (regclass output is not).
-        named = plpy.execute(plpy.prepare(
-            "SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) AS name"
-            " FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n"
-            " ON n.oid = c.relnamespace WHERE c.oid = $1", ["oid"]), [part])
-        if not named:
-            return False  # dropped since the gate looked
-        name = named[0]["name"]
+    def _prepare_cached(self, plpy: Any, part: int) -> None:
         # The cached days of the player, when the cache holds the recipe's window, ends
         # before as_of by less than a window, and no write since the run touched the
         # player's cached days (or those two cached spans back, which a run may have
@@ -482,7 +479,8 @@ class PlayerReader:
         # unknown player (window_cache._rebuild_reason).
         self.cached = plpy.prepare(
             "SELECT $2::date - s.cached_through AS ahead, w.days::text AS days, w.totals"
-            f" FROM segmentation.window_cache_state s JOIN {name} w ON w.player_id = $3"
+            f" FROM segmentation.window_cache_state s JOIN {self.part_name} w"
+            " ON w.player_id = $3"
             " WHERE s.game_id = $1 AND s.lookback_days = $4 AND s.metrics = $5"
             " AND s.cached_through < $2::date AND $2::date - s.cached_through < s.lookback_days"
             " AND NOT EXISTS (SELECT 1 FROM segmentation.activity_changes n"
@@ -491,7 +489,6 @@ class PlayerReader:
             "  AND n.activity_date <= s.cached_through)",
             ["text", "date", "text", "int4", "text[]"])
         self.part = part
-        return True
 
     def aggregates(self, plpy: Any, player_id: str, as_of: str) -> list[float] | None:
         """[active_days, days_since_last, tenure_days, metric totals...] of the player's
@@ -500,11 +497,13 @@ class PlayerReader:
         kept = self.lookback - 1
         if kept < 1:
             return None
-        gate = plpy.execute(self.gate, [CACHE_LOCK, self.game_id, as_of])[0]
+        gate = plpy.execute(self.gate, [CACHE_LOCK, self.game_id, as_of, self.part_name,
+                                        self.index_name])[0]
         if not (gate["finite"] and gate["free"] and gate["indexed"]) or gate["part"] is None:
             return None
-        if gate["part"] != self.part and not self._prepare_cached(plpy, gate["part"]):
-            return None
+        if gate["part"] != self.part:
+            # A new partition (created, or dropped and created again): plan for it.
+            self._prepare_cached(plpy, gate["part"])
         rows = plpy.execute(self.cached, [self.game_id, as_of, player_id, self.lookback,
                                           self.metrics])
         if not rows:
