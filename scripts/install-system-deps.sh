@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Installs the operating-system packages Unified Segmentation needs on Debian 12
-# (also used by Dockerfile.postgres): PostgreSQL 15 with PL/Python, and a Python
-# with venv for the loader. Idempotent: installs only what is missing.
+# (also used by Dockerfile.postgres): PostgreSQL 15 with PL/Python, a Python with
+# venv for the loader, and the server headers and a C compiler for the native
+# categorize_player(game_id, features) (native/categorize_features.c; without them
+# that function runs in PL/Python). Idempotent: installs only what is missing.
 set -euo pipefail
 
 pg_major="${PG_MAJOR:-15}"
 need=()
 for pkg in "postgresql-${pg_major}" "postgresql-plpython3-${pg_major}" postgresql-contrib \
-           python3 python3-venv python3-dev; do
+           python3 python3-venv python3-dev "postgresql-server-dev-${pg_major}" gcc libc6-dev; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if [ "${#need[@]}" -eq 0 ]; then

@@ -69,6 +69,51 @@ $$;
 COMMENT ON FUNCTION segmentation.categorize_player(text, jsonb) IS
     'Categorize an ad-hoc feature vector: keys are feature names (sessions_total, sessions_per_day, active_days, ...) or raw metric totals (sessions, ...) with active_days. Missing features are imputed with the calibration median.';
 
+-- The same function under its own name: what categorize_player(text, jsonb) runs when
+-- it is the C function of sql/210_native_scorer.sql and the input is anything but known
+-- keys with finite numbers (NULLs, unknown keys, non-numbers, no active taxonomy), so
+-- every error keeps one definition. Only those rare paths reach it: the SET is cheap here.
+CREATE OR REPLACE FUNCTION segmentation._categorize_player_plpython(game_id text, features jsonb)
+RETURNS segmentation.categorization
+LANGUAGE plpython3u STABLE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+if GD.get("segmentation.version") != "@VERSION@":
+    plpy.execute("SELECT segmentation._python_bootstrap()")
+    if "segmentation.unavailable" in GD:
+        GD["segmentation.unavailable"]()
+return GD["segmentation.api"].categorize_features(plpy, GD, game_id, features)
+$$;
+COMMENT ON FUNCTION segmentation._categorize_player_plpython(text, jsonb) IS
+    'categorize_player(game_id, features) in PL/Python: the C implementation hands it every input it does not answer itself.';
+
+-- A taxonomy's scorer as flat arrays (sql_api.scoring_kernel): what the C
+-- categorize_player(text, jsonb) loads once per backend and taxonomy.
+CREATE OR REPLACE FUNCTION segmentation._scoring_kernel(
+    taxonomy bigint,
+    OUT format integer, OUT taxonomy_id bigint, OUT taxonomy_version integer,
+    OUT ttl_seconds double precision, OUT sizes integer[], OUT keys text[],
+    OUT key_feature integer[], OUT metric_key integer[], OUT metric_total_key integer[],
+    OUT metric_rate_key integer[], OUT active_key integer, OUT gather integer[],
+    OUT fill double precision[], OUT lo double precision[], OUT hi double precision[],
+    OUT logged boolean[], OUT product double precision[], OUT log_norm double precision[],
+    OUT segment_offsets double precision[], OUT segment_scales double precision[],
+    OUT tail_start integer[], OUT tail_axis integer[], OUT tail_direction double precision[],
+    OUT tail_mean double precision[], OUT tail_chol double precision[],
+    OUT residual_threshold double precision, OUT outlier_threshold double precision,
+    OUT segment_ids integer[], OUT segment_names text[], OUT axis_names text[])
+LANGUAGE plpython3u STABLE PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+if GD.get("segmentation.version") != "@VERSION@":
+    plpy.execute("SELECT segmentation._python_bootstrap()")
+    if "segmentation.unavailable" in GD:
+        GD["segmentation.unavailable"]()
+return GD["segmentation.api"].scoring_kernel(plpy, GD, taxonomy)
+$$;
+COMMENT ON FUNCTION segmentation._scoring_kernel(bigint) IS
+    'A taxonomy''s scorer as flat arrays (the precomputed products of the Python scorer), read by the C categorize_player(text, jsonb). See native/categorize_features.c.';
+
 CREATE OR REPLACE FUNCTION segmentation.categorize_all(game_id text, as_of date DEFAULT current_date)
 RETURNS jsonb
 LANGUAGE plpython3u VOLATILE

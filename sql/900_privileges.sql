@@ -28,6 +28,13 @@ GRANT EXECUTE ON FUNCTION segmentation.version(), segmentation.health(), segment
                           segmentation._python_bootstrap(), segmentation.setting_definitions(),
                           segmentation.setting_value(text), segmentation.taxonomy_history(text)
    TO segmentation_reader;
+DO $$
+BEGIN
+    IF pg_catalog.to_regprocedure('segmentation._native_version()') IS NOT NULL THEN
+        GRANT EXECUTE ON FUNCTION segmentation._native_version() TO segmentation_reader;
+    END IF;
+END
+$$;
 
 GRANT SELECT ON segmentation.player_activity, segmentation.feature_sources
    TO segmentation_app;
@@ -52,6 +59,10 @@ $$;
 GRANT EXECUTE ON FUNCTION segmentation.categorize_player(text, text, date),
                           segmentation.categorize_player(text, jsonb)
    TO segmentation_app;
+-- The C categorize_player(text, jsonb) loads a taxonomy through this one, as the caller.
+-- (Its PL/Python twin, _categorize_player_plpython, it calls through fmgr, which checks
+-- no privilege: admins alone may call that one directly.)
+GRANT EXECUTE ON FUNCTION segmentation._scoring_kernel(bigint) TO segmentation_app;
 
 GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA segmentation TO segmentation_admin;
 GRANT USAGE ON ALL SEQUENCES IN SCHEMA segmentation TO segmentation_admin;

@@ -24,7 +24,8 @@ def _cmd_install(args: argparse.Namespace) -> int:
         _dsn(args), lib_base=Path(args.lib_dir) if args.lib_dir else None,
         provision_library=not args.no_library, log=print)
     print(f"segmentation {report.version} installed; server Python {report.server_python}; "
-          f"library {report.lib_dir or '(not provisioned)'}")
+          f"library {report.lib_dir or '(not provisioned)'}; categorize_player(features) in "
+          + ("C" if report.feature_scorer == "c" else "PL/Python (no native library)"))
     return 0
 
 

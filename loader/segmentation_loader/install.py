@@ -93,6 +93,8 @@ class InstallReport:
     migrations_applied: list[str] = field(default_factory=list)
     sql_files: list[str] = field(default_factory=list)
     server_python: str = ""
+    # Language of categorize_player(game_id, features): "c" or "plpython3u".
+    feature_scorer: str = ""
 
 
 def install(dsn: str, *, lib_base: Path | None = None, provision_library: bool = True,
@@ -114,7 +116,7 @@ def install(dsn: str, *, lib_base: Path | None = None, provision_library: bool =
                     "match the server's Python), or use --no-library and provision it yourself",
                 )
             base = lib_base or library.DEFAULT_BASE
-            lib_dir = library.provision(base, log=log)
+            lib_dir = library.provision(base, pg_major=major, log=log)
             if lib_base is not None and lib_base != library.DEFAULT_BASE:
                 conn.execute(
                     sql.SQL("ALTER DATABASE {} SET segmentation.python_lib_dir = {}").format(
@@ -132,8 +134,13 @@ def install(dsn: str, *, lib_base: Path | None = None, provision_library: bool =
         for path in sql_files():
             conn.execute(render(path).encode())
             files.append(path.name)
+        scorer = conn.execute(
+            "SELECT l.lanname FROM pg_proc p JOIN pg_language l ON l.oid = p.prolang"
+            " WHERE p.oid = 'segmentation.categorize_player(text, jsonb)'::regprocedure"
+        ).fetchone()[0]  # type: ignore[index]
     log(f"installed segmentation {__version__} ({len(files)} SQL files)")
-    return InstallReport(__version__, str(lib_dir) if lib_dir else None, applied, files, pyver)
+    return InstallReport(__version__, str(lib_dir) if lib_dir else None, applied, files, pyver,
+                         scorer)
 
 
 def status(dsn: str) -> dict[str, Any]:

@@ -4,12 +4,15 @@ Layout (as in Timescale pgai): ``<base>/<version>/`` holds numpy, scipy,
 scikit-learn and the ``segmentation`` package, installed with pip ``--target``
 so nothing touches the system or user site-packages. PL/Python functions put
 exactly that directory first on ``sys.path`` (see ``sql/010_bootstrap.sql``).
+Next to them, ``segmentation_native.so``: categorize_player(game_id, features) in C
+(``native/categorize_features.c``), built when the server headers are installed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -19,10 +22,16 @@ from pathlib import Path
 from segmentation import __version__
 
 from segmentation_loader.errors import LoaderError
-from segmentation_loader.resources import server_package_dir, server_requirements
+from segmentation_loader.resources import native_source, server_package_dir, server_requirements
 
 DEFAULT_BASE = Path("/usr/local/lib/segmentation")
 _MARKER = ".requirements.sha256"
+NATIVE_LIBRARY = "segmentation_native.so"
+_NATIVE_MARKER = ".native.sha256"
+# PostgreSQL's own code generation rules for server code (-fwrapv, no strict aliasing);
+# no -ffast-math: the C scorer must compute what the Python one does.
+_NATIVE_CFLAGS = ["-O2", "-fPIC", "-shared", "-Wall", "-Wmissing-prototypes",
+                  "-fno-strict-aliasing", "-fwrapv", "-fexcess-precision=standard"]
 
 
 def library_dir(base: Path) -> Path:
@@ -35,7 +44,8 @@ def _requirements_digest() -> str:
     return hashlib.sha256(text + tag).hexdigest()
 
 
-def provision(base: Path, *, python: str = sys.executable, log=print) -> Path:
+def provision(base: Path, *, python: str = sys.executable, pg_major: int | None = None,
+              log=print) -> Path:
     """Install the pinned dependencies (once) and the package (every time) into
     ``<base>/<version>``; return that directory.
 
@@ -81,8 +91,70 @@ def provision(base: Path, *, python: str = sys.executable, log=print) -> Path:
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     _install_package(target)
+    build_native(target, pg_major=pg_major, log=log)
     _make_readable(target)
     return target
+
+
+def _pg_config(pg_major: int | None) -> str | None:
+    if os.environ.get("PG_CONFIG"):
+        return os.environ["PG_CONFIG"]
+    major = pg_major or int(os.environ.get("PG_MAJOR", "15"))
+    candidate = Path(f"/usr/lib/postgresql/{major}/bin/pg_config")
+    return str(candidate) if candidate.exists() else shutil.which("pg_config")
+
+
+def build_native(target: Path, *, pg_major: int | None = None, log=print) -> Path | None:
+    """Compile ``native/categorize_features.c`` into ``target``; None when it cannot be.
+
+    Needs a C compiler and the server headers of the server's major version
+    (``postgresql-server-dev-15``); without them the install goes on and
+    categorize_player(game_id, features) stays in PL/Python (sql/210_native_scorer.sql
+    says so). Rebuilt only when the source, the flags or the headers changed; the new
+    file replaces the old one by rename, so a backend that has the old one loaded keeps
+    its copy.
+    """
+    pg_config = _pg_config(pg_major)
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    include = None
+    if pg_config:
+        proc = subprocess.run([pg_config, "--includedir-server"], capture_output=True,
+                              text=True, check=False)
+        include = Path(proc.stdout.strip()) if proc.returncode == 0 else None
+    if cc is None or include is None or not (include / "postgres.h").exists():
+        missing = "a C compiler" if cc is None else "the PostgreSQL server headers"
+        log(f"native scorer not built: {missing} not found (install gcc and "
+            f"postgresql-server-dev-{pg_major or 15}); categorize_player(game_id, features) "
+            "will run in PL/Python")
+        return None
+    source = native_source()
+    if not source.exists():
+        log(f"native scorer not built: no {source}; categorize_player(game_id, features) "
+            "will run in PL/Python")
+        return None
+    cmd = [*shlex.split(cc), *_NATIVE_CFLAGS, f"-I{include}",
+           f'-DSEGMENTATION_VERSION="{__version__}"']
+    out = target / NATIVE_LIBRARY
+    digest = hashlib.sha256(source.read_bytes() + " ".join(cmd).encode()
+                            + (include / "pg_config.h").read_bytes()).hexdigest()
+    marker = target / _NATIVE_MARKER
+    if out.exists() and marker.exists() and marker.read_text().strip() == digest:
+        return out
+    staging = target / f".{NATIVE_LIBRARY}.new"
+    proc = subprocess.run([*cmd, "-o", str(staging), str(source)], capture_output=True,
+                          text=True, check=False)
+    if proc.returncode != 0:
+        staging.unlink(missing_ok=True)
+        log("native scorer not built: the compiler failed (please report it as a bug); "
+            "categorize_player(game_id, features) will run in PL/Python\n"
+            + proc.stderr[-2000:])
+        return None
+    if proc.stderr.strip():
+        log(proc.stderr[-2000:])
+    os.replace(staging, out)
+    marker.write_text(digest + "\n")
+    log(f"built {out}")
+    return out
 
 
 def _install_package(target: Path) -> None:

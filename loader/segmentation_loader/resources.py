@@ -34,3 +34,8 @@ def server_package_dir() -> Path:
 
 def server_requirements() -> Path:
     return project_root() / "plpython" / "requirements-server.txt"
+
+
+def native_source() -> Path:
+    """C source of categorize_player(game_id, features) (built by :mod:`library`)."""
+    return project_root() / "native" / "categorize_features.c"

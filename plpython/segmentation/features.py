@@ -311,6 +311,33 @@ def features_from_aggregates(agg: np.ndarray) -> np.ndarray:
     return np.hstack([totals, rates, base])
 
 
+def metric_vector_keys(recipe: FeatureRecipe) -> dict[str, Any]:
+    """The keys :func:`features_from_metric_vector` reads, as index lists.
+
+    For a scorer outside Python (``native/categorize_features.c``): ``keys`` (the
+    accepted object keys); per key, ``key_feature`` (its column in the raw vector, or
+    -1); per metric j (columns j and m + j hold its total and rate), ``metric_key``,
+    ``metric_total_key`` and ``metric_rate_key`` (positions in ``keys``, or -1); and
+    ``active_key`` (position of ``active_days``, or -1). Only activity recipes derive
+    columns from metrics (``activity``).
+    """
+    index = recipe.feature_index
+    keys = list(index)
+    # The same keys as the Python path accepts (feature names and metric names).
+    keys += [m for m in recipe.metrics if m not in index]
+    position = {k: i for i, k in enumerate(keys)}
+    triples = recipe.metric_keys if recipe.kind == "activity" else []
+    return {
+        "activity": recipe.kind == "activity",
+        "keys": keys,
+        "key_feature": [index.get(k, -1) for k in keys],
+        "metric_key": [position.get(m, -1) for m, _, _ in triples],
+        "metric_total_key": [position.get(t, -1) for _, t, _ in triples],
+        "metric_rate_key": [position.get(r, -1) for _, _, r in triples],
+        "active_key": position.get("active_days", -1),
+    }
+
+
 def features_from_metric_vector(values: dict[str, Any], recipe: FeatureRecipe) -> list[float]:
     """Raw feature vector (p values, recipe order) from an ad-hoc jsonb object.
 

@@ -95,6 +95,45 @@ class _FastScorer:
         self.segment_ids = list(taxonomy.segment_ids)
         self.segment_names = list(taxonomy.segment_names)
 
+    def arrays(self, p_raw: int) -> dict[str, Any]:
+        """This scorer's precomputed products as flat lists, for a scorer outside Python.
+
+        ``native/categorize_features.c`` runs :meth:`__call__` step by step on these
+        (p_raw columns in; p kept; d axes, m off-axis coordinates, k segments):
+        ``gather`` (p) picks the kept columns from the raw row; ``fill``, ``lo``, ``hi``,
+        ``logged`` (p) prepare each one; ``product`` is the (p + 1, d + m + k d) matrix
+        row-major; ``log_norm``, ``segment_scales`` (k) and ``segment_offsets`` (k, m)
+        are the membership and residual terms; segment j's tail terms are
+        ``tail_start[j]:tail_start[j + 1]`` of ``tail_axis``, ``tail_direction``,
+        ``tail_mean`` and ``tail_chol`` (d values per term).
+        """
+        tails = [t for terms in self.tail_terms for t in terms]
+        starts = [0]
+        for terms in self.tail_terms:
+            starts.append(starts[-1] + len(terms))
+        return {
+            "sizes": [p_raw, len(self.columns), self.d, self.m, self.k],
+            "gather": (list(range(len(self.columns))) if self.column_index is None
+                       else list(self.column_index)),
+            "fill": [c[0] for c in self.columns],
+            "lo": [c[1] for c in self.columns],
+            "hi": [c[2] for c in self.columns],
+            "logged": [bool(c[3]) for c in self.columns],
+            "product": self.product.ravel().tolist(),
+            "log_norm": list(self.log_norm),
+            "segment_offsets": [v for row in self.segment_offsets for v in row],
+            "segment_scales": list(self.segment_scales),
+            "tail_start": starts,
+            "tail_axis": [t[0] for t in tails],
+            "tail_direction": [t[1] for t in tails],
+            "tail_mean": [t[2] for t in tails],
+            "tail_chol": [v for t in tails for v in t[3]],
+            "residual_threshold": float(self.anomaly.residual_threshold),
+            "outlier_threshold": float(self.anomaly.outlier_threshold),
+            "segment_ids": list(self.segment_ids),
+            "segment_names": list(self.segment_names),
+        }
+
     def __call__(self, x_raw: np.ndarray | Sequence[float]) -> dict[str, Any]:
         x = x_raw.tolist() if isinstance(x_raw, np.ndarray) else x_raw
         if self.column_index is not None:

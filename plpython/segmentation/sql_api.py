@@ -37,6 +37,7 @@ from segmentation.features import (
     activity_aggregate_sql,
     features_from_aggregates,
     features_from_metric_vector,
+    metric_vector_keys,
 )
 from segmentation.model import Taxonomy
 
@@ -131,6 +132,12 @@ def python_runtime(plpy: Any, GD: dict) -> str:
     import scipy
     import sklearn
 
+    # Which implementation categorize_player(game_id, features) has in this database:
+    # "c" (sql/210_native_scorer.sql) or "plpython3u".
+    language = plpy.execute(
+        "SELECT l.lanname FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_language l"
+        " ON l.oid = p.prolang WHERE p.oid = 'segmentation.categorize_player(pg_catalog.text,"
+        " pg_catalog.jsonb)'::pg_catalog.regprocedure")[0]["lanname"]
     return json.dumps({
         "python": "%d.%d.%d" % sys.version_info[:3],
         "numpy": numpy.__version__,
@@ -138,6 +145,7 @@ def python_runtime(plpy: Any, GD: dict) -> str:
         "scikit_learn": sklearn.__version__,
         "package": segmentation.__version__,
         "lib_dir": GD.get("segmentation.lib_dir"),
+        "feature_scorer": language,
     })
 
 
@@ -604,6 +612,43 @@ def categorize_features(plpy: Any, GD: dict, game_id: str, features: str | None)
                     for v in values.values())):
         values = _checked_features(entry, values)
     return _answer(entry, entry.score(features_from_metric_vector(values, entry.recipe)))
+
+
+# Layout of scoring_kernel's answer; native/categorize_features.c checks it.
+KERNEL_FORMAT = 1
+
+
+@reports_errors
+def scoring_kernel(plpy: Any, GD: dict, taxonomy_id: int | None) -> dict[str, Any]:
+    """segmentation._scoring_kernel: a taxonomy's scorer as flat arrays.
+
+    What ``native/categorize_features.c`` (categorize_player(game_id, features) in C)
+    loads once per backend and taxonomy: the keys :func:`categorize_features` accepts
+    (:func:`features.metric_vector_keys`), the precomputed products of the Python
+    scorer (``model._FastScorer.arrays``) and the axis names, so that both paths
+    compute the same numbers from the same arrays.
+    """
+    if taxonomy_id is None:
+        raise InvalidArgument("taxonomy_id must not be NULL",
+                              hint="SELECT taxonomy_id FROM segmentation.game_behavioral_taxonomy"
+                                   " WHERE is_active")
+    ttl = read_settings(plpy, ("cache_ttl_seconds",))["cache_ttl_seconds"]
+    entry = _Cached(plpy, int(taxonomy_id), ttl)
+    keys = metric_vector_keys(entry.recipe)
+    arrays = entry.score.arrays(len(entry.feature_names))
+    return {
+        "format": KERNEL_FORMAT,
+        "taxonomy_id": entry.taxonomy_id,
+        "taxonomy_version": entry.version,
+        "ttl_seconds": float(ttl),
+        "sizes": [*arrays.pop("sizes"), int(keys["activity"]), len(keys["keys"]),
+                  len(keys["metric_key"])],
+        **{name: keys[name] for name in ("keys", "key_feature", "metric_key",
+                                         "metric_total_key", "metric_rate_key",
+                                         "active_key")},
+        **arrays,
+        "axis_names": entry.axis_names,
+    }
 
 
 def _unknown_player_hint(player_id: str, hint: str) -> str:

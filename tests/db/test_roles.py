@@ -99,6 +99,18 @@ def _actions() -> dict[str, tuple[str, frozenset[str]]]:
         "SELECT * FROM segmentation.categorize_player('g1', 'p0000001', %(as_of)s)", APP)
     a["call-categorize_player(jsonb)"] = (
         "SELECT * FROM segmentation.categorize_player('g1', '{\"sessions\": 3}'::jsonb)", APP)
+    # The C categorize_player(text, jsonb) loads a taxonomy through _scoring_kernel as
+    # the caller, and hands unusual input to its PL/Python twin through fmgr (no
+    # privilege check there: only admins may call the twin directly).
+    a["call-_scoring_kernel"] = (
+        "SELECT format FROM segmentation._scoring_kernel(%(taxonomy_id)s)", APP)
+    a["call-_categorize_player_plpython"] = (
+        "SELECT * FROM segmentation._categorize_player_plpython('g1',"
+        " '{\"sessions\": 3}'::jsonb)", ADMIN)
+    a["call-_native_version"] = ("SELECT segmentation._native_version()", READ)
+    # The statement trigger that tells every backend's C scorer about a write.
+    a["call-_taxonomy_changed"] = (
+        "UPDATE segmentation.game_behavioral_taxonomy SET game_id = game_id WHERE false", ADMIN)
     admin_calls = {
         "calibrate_taxonomy": "SELECT segmentation.calibrate_taxonomy('g1', as_of => %(as_of)s)",
         "activate_taxonomy": "SELECT segmentation.activate_taxonomy(%(taxonomy_id)s)",

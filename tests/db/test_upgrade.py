@@ -127,7 +127,9 @@ def release_dirs() -> Iterator[tuple[Path, Path]]:
             target = lib / version
             target.mkdir(parents=True)
             for entry in deps.iterdir():
-                if entry.name not in ("segmentation", ".segmentation.new", "__pycache__"):
+                # The native library is built per version: each install builds its own.
+                if entry.name not in ("segmentation", ".segmentation.new", "__pycache__",
+                                      library.NATIVE_LIBRARY, ".native.sha256"):
                     (target / entry.name).symlink_to(entry)
         yield home, lib
     finally:
