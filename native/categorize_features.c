@@ -613,8 +613,8 @@ read_features(Kernel *kn, Jsonb *jb, double *raw)
 static void
 jb_number(JsonbValue *v, double x)
 {
-	char		text[DOUBLE_SHORTEST_DECIMAL_LEN];
-	const char *c = text;
+	char		digits[DOUBLE_SHORTEST_DECIMAL_LEN];
+	const char *c = digits;
 	int64		mantissa = 0;
 	int			exponent = 0;
 	int			decimals = 0;
@@ -622,7 +622,9 @@ jb_number(JsonbValue *v, double x)
 	bool		negative = false;
 	bool		point = false;
 
-	double_to_shortest_decimal_buf(x, text);
+	if (!isfinite(x))
+		elog(ERROR, "categorize_player computed a non-finite number");
+	double_to_shortest_decimal_buf(x, digits);
 	v->type = jbvNumeric;
 	if (*c == '-')
 	{
@@ -639,16 +641,15 @@ jb_number(JsonbValue *v, double x)
 			significant++;
 			decimals += point;
 		}
-		else
-			significant = 99;	/* "NaN", "Infinity": not JSON; let numeric_in say so */
 	}
 	if (*c == 'e')
 		exponent = atoi(c + 1);
 	exponent -= decimals;
+	/* Leading zeros count here: "0.000123..." may take the slow path too. */
 	if (significant > 17 || fabs(x) >= 1e16)
 	{
 		v->val.numeric = DatumGetNumeric(DirectFunctionCall3(
-			numeric_in, CStringGetDatum(text), ObjectIdGetDatum(InvalidOid),
+			numeric_in, CStringGetDatum(digits), ObjectIdGetDatum(InvalidOid),
 			Int32GetDatum(-1)));
 		return;
 	}
