@@ -449,6 +449,7 @@ load_kernel(const char *game, int64 taxonomy_id)
 	}
 	PG_CATCH();
 	{
+		MemoryContextSwitchTo(caller);
 		MemoryContextDelete(cxt);
 		PG_RE_THROW();
 	}

@@ -142,6 +142,45 @@ def test_answers_agree_with_the_plpython_implementation(world: World) -> None:
     assert len(segments_seen) >= 3
 
 
+def test_answer_objects_are_well_formed_jsonb(world: World) -> None:
+    """The C function builds its jsonb without sorting keys: every key must still be
+    found by a lookup (jsonb's binary search) and the values be numbers or strings."""
+    vectors = _random_vectors(world.keys, 50, seed=2)
+    with world.connect() as conn:
+        missing = conn.execute(
+            f"SELECT count(*) FROM unnest(%s::jsonb[]) f(v), LATERAL {NATIVE}('g1', f.v) c,"
+            " LATERAL (SELECT c.memberships AS o UNION ALL SELECT c.axis_scores"
+            "          UNION ALL SELECT c.explanation"
+            "          UNION ALL SELECT c.explanation -> 'top_axes' -> 0) objects,"
+            " LATERAL jsonb_object_keys(objects.o) k"
+            " WHERE objects.o -> k IS NULL",
+            ([Jsonb(v) for v in vectors],)).fetchone()[0]
+        assert missing == 0
+        kinds = conn.execute(
+            f"SELECT DISTINCT jsonb_typeof(c.memberships -> k) FROM unnest(%s::jsonb[]) f(v),"
+            f" LATERAL {NATIVE}('g1', f.v) c, LATERAL jsonb_object_keys(c.memberships) k",
+            ([Jsonb(v) for v in vectors],)).fetchall()
+        assert kinds == [("number",)]
+
+
+def test_two_games_keep_their_own_taxonomies(world: World) -> None:
+    with world.connect() as conn:
+        load_population(conn, "g2", players=800, seed=9)
+        g2 = calibrate(conn, "g2")["taxonomy_id"]
+        try:
+            for _ in range(2):
+                assert active_of(conn) == world.second
+                assert conn.execute(f"SELECT taxonomy_id FROM {NATIVE}('g2', %s)",
+                                    (Jsonb({"sessions": 3}),)).fetchone()[0] == g2
+        finally:
+            conn.execute("UPDATE segmentation.game_behavioral_taxonomy SET is_active = false"
+                         " WHERE game_id = 'g2'")
+        with pytest.raises(psycopg.Error) as err:
+            conn.execute(f"SELECT * FROM {NATIVE}('g2', %s)", (Jsonb({"sessions": 3}),))
+        assert err.value.sqlstate == "SG004"
+        assert active_of(conn) == world.second
+
+
 def test_numbers_print_as_the_plpython_path_prints_them(world: World) -> None:
     """Where both paths computed the same double, the jsonb holds the same numeric: the
     digits Python's repr() writes ("1.0" keeps its decimal, 1.4e-05 its scale)."""
