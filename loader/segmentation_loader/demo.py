@@ -101,6 +101,19 @@ def main() -> int:
                " ORDER BY membership, player_id LIMIT 3)) p,"
                " LATERAL segmentation.categorize_player('demo', p.player_id) c"
                " ORDER BY p.k, p.player_id")
+        scorer = conn.execute("SELECT segmentation.python_runtime() ->> 'feature_scorer'"
+                              ).fetchone()[0]  # type: ignore[index]
+        print("\n   SELECT * FROM segmentation.categorize_player('demo', features jsonb) for"
+              " three made-up players\n   (the request path: "
+              + ("in C, the native library" if scorer == "c" else "in PL/Python") + "):")
+        _table(conn, "SELECT f.v::text AS features, c.segment_name, round(c.membership::numeric, 3)"
+               " AS membership, round(c.anomaly_score::numeric, 2) AS anomaly_score,"
+               " c.is_anomaly FROM (VALUES"
+               " ('{\"sessions\": 60, \"minutes_played\": 2400, \"active_days\": 28}'::jsonb),"
+               " ('{\"sessions\": 4, \"minutes_played\": 40, \"active_days\": 3}'),"
+               " ('{\"spend_usd\": 900, \"purchases\": 30, \"sessions\": 40,"
+               " \"active_days\": 30}')) f(v),"
+               " LATERAL segmentation.categorize_player('demo', f.v) c")
         print("\n   top anomalies:")
         if _has_function(conn, "detect_anomalies"):
             _table(conn, "SELECT player_id, round(anomaly_score::numeric, 2) AS score, kind,"
