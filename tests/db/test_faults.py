@@ -18,17 +18,11 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
-import pwd
 import re
-import shutil
-import socket
-import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -38,6 +32,7 @@ from segmentation_loader import install
 from segmentation_loader.library import DEFAULT_BASE
 
 from tests.conftest import LIB_DIR, server_dsn
+from tests.db.clusters import Cluster, throwaway_cluster
 from tests.db.helpers import AS_OF, calibrate, load_population
 
 pytestmark = pytest.mark.db
@@ -468,71 +463,12 @@ def test_single_answers_never_mix_versions_during_calibration(clone: str) -> Non
 
 # --------------------------------------------------------------- restart mid-batch
 
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
-
-
-@dataclass
-class Cluster:
-    base: Path
-    datadir: Path
-    port: int
-    log: Path
-    as_owner: list[str]
-
-    def dsn(self, dbname: str) -> str:
-        return f"host=localhost port={self.port} user=postgres dbname={dbname}"
-
-    def pg_ctl(self, *args: str) -> float:
-        """Run pg_ctl as the cluster owner; return the seconds it took."""
-        t0 = time.monotonic()
-        subprocess.run([*self.as_owner, "env", "OPENBLAS_NUM_THREADS=1", "OMP_NUM_THREADS=1",
-                        str(PG_BIN / "pg_ctl"), "-D", str(self.datadir), "-l", str(self.log),
-                        *args], check=True, capture_output=True, timeout=120)
-        return time.monotonic() - t0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def own_cluster() -> Iterator[Cluster]:
     """A throwaway PostgreSQL 15 cluster (never the shared one): restarted by the test,
     stopped and removed afterwards, also on failure."""
-    if not (PG_BIN / "initdb").exists():
-        pytest.skip(f"PostgreSQL 15 binaries not found in {PG_BIN}")
-    as_owner: list[str] = []
-    owner: pwd.struct_passwd | None = None
-    if os.geteuid() == 0:
-        # PostgreSQL refuses to run as root: run it as the postgres OS user.
-        if shutil.which("runuser") is None:
-            pytest.skip("running as root without runuser: cannot start a cluster as postgres")
-        try:
-            owner = pwd.getpwnam("postgres")
-        except KeyError:
-            pytest.skip("running as root and there is no postgres OS user")
-        as_owner = ["runuser", "-u", "postgres", "--"]
-    # Under /var/tmp: the postgres user must reach it even when the checkout is under /root.
-    base = Path(tempfile.mkdtemp(prefix=f"seg-restart-{os.getpid()}-", dir="/var/tmp"))
-    cluster = Cluster(base, base / "data", _free_port(), base / "server.log", as_owner)
-    try:
-        if owner is not None:
-            os.chown(base, owner.pw_uid, owner.pw_gid)
-        subprocess.run([*as_owner, str(PG_BIN / "initdb"), "-D", str(cluster.datadir),
-                        "-U", "postgres", "--auth=trust", "--encoding=UTF8",
-                        "--locale=C.UTF-8"], check=True, capture_output=True, timeout=120)
-        with (cluster.datadir / "postgresql.conf").open("a") as conf:
-            conf.write(f"listen_addresses = 'localhost'\nport = {cluster.port}\n"
-                       f"unix_socket_directories = '{base}'\n"
-                       f"segmentation.python_lib_dir = '{LIB_DIR}'\n")
-        cluster.pg_ctl("-w", "-t", "60", "start")
+    with throwaway_cluster("seg-restart") as cluster:
         yield cluster
-    finally:
-        with contextlib.suppress(subprocess.SubprocessError):
-            cluster.pg_ctl("-m", "immediate", "-w", "stop")
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_server_restart_mid_batch(own_cluster: Cluster) -> None:
