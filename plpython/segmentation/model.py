@@ -10,7 +10,7 @@ Mahalanobis terms into one matrix-vector product precomputed on first use, and a
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from operator import mul
 from typing import Any
@@ -280,9 +280,7 @@ class Taxonomy:
         """
         return self.scorer(feature_names_full)(x_raw)
 
-    def scorer(
-        self, feature_names_full: Sequence[str] | None = None
-    ) -> Callable[[np.ndarray | Sequence[float]], dict[str, Any]]:
+    def scorer(self, feature_names_full: Sequence[str] | None = None) -> _FastScorer:
         """The :meth:`score_one` function for rows laid out as ``feature_names_full``.
 
         Built once per distinct layout; a caller that scores many rows keeps it.
