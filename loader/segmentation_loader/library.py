@@ -144,7 +144,9 @@ def build_native(target: Path, *, pg_major: int | None = None, log=print) -> Pat
     proc = subprocess.run([*cmd, "-o", str(staging), str(source)], capture_output=True,
                           text=True, check=False)
     if proc.returncode != 0:
-        staging.unlink(missing_ok=True)
+        # No library from an older source is left to be installed in its place.
+        for stale in (staging, out, marker):
+            stale.unlink(missing_ok=True)
         log("native scorer not built: the compiler failed (please report it as a bug); "
             "categorize_player(game_id, features) will run in PL/Python\n"
             + proc.stderr[-2000:])
