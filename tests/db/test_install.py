@@ -270,3 +270,29 @@ def test_database_errors_reach_the_caller_as_ours_with_every_field(
     diag = err.value.diag
     assert diag.message_primary == "segmentation: nested problem"
     assert (diag.message_detail, diag.message_hint) == ("the detail", "the hint")
+
+
+def test_native_build_is_skipped_kept_or_withdrawn(tmp_path, monkeypatch) -> None:
+    """The loader builds the native library once per source, says why when it cannot,
+    and leaves no library of an older build behind a failed compile."""
+    from segmentation_loader import library
+
+    said: list[str] = []
+    built = library.build_native(tmp_path, log=said.append)
+    assert built == tmp_path / library.NATIVE_LIBRARY and built.exists()
+    assert any(line.startswith("built ") for line in said)
+    said.clear()
+    assert library.build_native(tmp_path, log=said.append) == built
+    assert said == []  # same source, flags and headers: not rebuilt
+
+    monkeypatch.setenv("CC", "false")  # a compiler that always fails
+    (tmp_path / ".native.sha256").write_text("an older build\n")
+    assert library.build_native(tmp_path, log=said.append) is None
+    assert not built.exists()
+    assert "the compiler failed" in said[-1]
+
+    monkeypatch.delenv("CC")
+    monkeypatch.setenv("PG_CONFIG", "false")  # no server headers
+    said.clear()
+    assert library.build_native(tmp_path, log=said.append) is None
+    assert "server headers" in said[-1] and "PL/Python" in said[-1]
