@@ -79,19 +79,14 @@ def _settings(cluster: Cluster) -> str:
 
 
 @contextlib.contextmanager
-def throwaway_cluster(prefix: str) -> Iterator[Cluster]:
-    """A new, started cluster (initdb, trust auth for local connections)."""
+def _new_cluster(prefix: str) -> Iterator[Cluster]:
+    """An empty directory for a cluster; the cluster is stopped and removed afterwards."""
     as_owner, owner = _owner()
     base = Path(tempfile.mkdtemp(prefix=f"{prefix}-{os.getpid()}-", dir="/var/tmp"))
     cluster = Cluster(base, base / "data", _free_port(), base / "server.log", as_owner)
     try:
         if owner is not None:
             os.chown(base, owner.pw_uid, owner.pw_gid)
-        subprocess.run([*as_owner, str(PG_BIN / "initdb"), "-D", str(cluster.datadir),
-                        "-U", "postgres", "--auth=trust", "--encoding=UTF8",
-                        "--locale=C.UTF-8"], check=True, capture_output=True, timeout=120)
-        cluster.configure(_settings(cluster))
-        cluster.pg_ctl("-w", "-t", "60", "start")
         yield cluster
     finally:
         with contextlib.suppress(subprocess.SubprocessError):
@@ -100,25 +95,28 @@ def throwaway_cluster(prefix: str) -> Iterator[Cluster]:
 
 
 @contextlib.contextmanager
+def throwaway_cluster(prefix: str) -> Iterator[Cluster]:
+    """A new, started cluster (initdb, trust auth for local connections)."""
+    with _new_cluster(prefix) as cluster:
+        subprocess.run([*cluster.as_owner, str(PG_BIN / "initdb"), "-D", str(cluster.datadir),
+                        "-U", "postgres", "--auth=trust", "--encoding=UTF8",
+                        "--locale=C.UTF-8"], check=True, capture_output=True, timeout=120)
+        cluster.configure(_settings(cluster))
+        cluster.pg_ctl("-w", "-t", "60", "start")
+        yield cluster
+
+
+@contextlib.contextmanager
 def streaming_standby(primary: Cluster) -> Iterator[Cluster]:
     """A hot standby of ``primary`` (pg_basebackup -R), started and streaming."""
-    as_owner, owner = _owner()
-    base = Path(tempfile.mkdtemp(prefix=f"seg-standby-{os.getpid()}-", dir="/var/tmp"))
-    standby = Cluster(base, base / "data", _free_port(), base / "server.log", as_owner)
-    try:
-        if owner is not None:
-            os.chown(base, owner.pw_uid, owner.pw_gid)
-        subprocess.run([*as_owner, str(PG_BIN / "pg_basebackup"), "-h", "localhost",
+    with _new_cluster("seg-standby") as standby:
+        subprocess.run([*standby.as_owner, str(PG_BIN / "pg_basebackup"), "-h", "localhost",
                         "-p", str(primary.port), "-U", "postgres", "-D", str(standby.datadir),
                         "-R", "-X", "stream", "-c", "fast"],
                        check=True, capture_output=True, timeout=300)
         standby.configure(_settings(standby))
         standby.pg_ctl("-w", "-t", "60", "start")
         yield standby
-    finally:
-        with contextlib.suppress(subprocess.SubprocessError):
-            standby.pg_ctl("-m", "immediate", "-w", "stop")
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def wait_for_replay(primary: psycopg.Connection, standby: psycopg.Connection,
